@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Executes every notebook in notebooks/ with the evcxr Rust kernel, headless, and fails on a cell
+# error or a notebook without a rich (image or HTML) output.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+cache="${OML_CI_CACHE:-$HOME/.cache/oml-ci}"
+mkdir -p "$cache"
+
+if ! command -v evcxr_jupyter >/dev/null; then
+  cargo install evcxr_jupyter --version 0.22.0 --locked
+fi
+venv="$cache/jupyter-venv"
+if [ ! -x "$venv/bin/jupyter-nbconvert" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q jupyter_client nbclient nbformat nbconvert ipykernel
+fi
+export JUPYTER_PATH="$cache/jupyter"
+export JUPYTER_DATA_DIR="$cache/jupyter"
+evcxr_jupyter --install >/dev/null
+
+# evcxr compiles each notebook's crate in its own folder: a fixed one lets later notebooks (and
+# later runs) reuse it; no optimisation keeps the cold compile short.
+export EVCXR_TMPDIR="$cache/evcxr-tmp"
+export EVCXR_CONFIG_DIR="$cache/evcxr-config"
+mkdir -p "$EVCXR_TMPDIR" "$EVCXR_CONFIG_DIR"
+printf ':opt 0\n' > "$EVCXR_CONFIG_DIR/init.evcxr"
+
+out="$cache/executed"
+mkdir -p "$out"
+for nb in notebooks/*.ipynb; do
+  name=$(basename "$nb" .ipynb)
+  t0=$(date +%s)
+  (cd notebooks && "$venv/bin/jupyter-nbconvert" --to notebook --execute \
+     --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=rust \
+     "$name.ipynb" --output "$out/$name.ipynb")
+  "$venv/bin/python" .ci/check_notebook.py "$out/$name.ipynb"
+  echo "$name: executed in $(( $(date +%s) - t0 )) s"
+done

@@ -1,0 +1,399 @@
+//! The built-in many-identities dataset: every letter of every script drawn in every DejaVu face
+//! that has it (an Omniglot-like set of about 2,700 identities with 4 to 21 images each).
+//!
+//! A class is a Unicode letter; its images are its renderings in the DejaVu faces (Sans, Serif,
+//! Mono, their bold/oblique/condensed/light variants; the math face is left out). Letters that render
+//! exactly like an earlier letter in the reference face (Latin A, Greek Alpha, Cyrillic A) are
+//! dropped, as are letters found in fewer than 4 faces. Labels are split class-disjointly into train
+//! and validation (1-vs-rest: every validation image is query and gallery); `category` is the script.
+//!
+//! The fonts are the DejaVu 2.37 faces embedded in the binary (the `dejavu` crate; their licence
+//! allows it), so the dataset is the same on every machine; a folder of `.ttf` files can be given
+//! instead.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ab_glyph::{Font, FontArc, PxScale, point};
+use image::GrayImage;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::csv::write_csv;
+use crate::{Error, Result};
+
+/// Settings of [`generate_glyphs`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct GlyphsConfig {
+    /// Side of every image in pixels.
+    pub size: u32,
+    /// Folder with DejaVu `.ttf` files; `None`: the faces embedded in oml.
+    pub fonts_dir: Option<PathBuf>,
+    /// Fraction of the labels that go to validation.
+    pub val_fraction: f64,
+    /// Seed of the train/validation split (and of the subset when `max_labels` is set).
+    pub seed: u64,
+    /// Keep only this many labels (a random subset across scripts), for quick experiments.
+    pub max_labels: Option<usize>,
+    /// Smallest number of faces a letter must be drawn in to become a class.
+    pub min_images: usize,
+}
+
+impl Default for GlyphsConfig {
+    fn default() -> Self {
+        GlyphsConfig {
+            size: 64,
+            fonts_dir: None,
+            val_fraction: 0.5,
+            seed: 0,
+            max_labels: None,
+            min_images: 4,
+        }
+    }
+}
+
+/// What [`generate_glyphs`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct GlyphsSummary {
+    /// The CSV (`<out>/df.csv`).
+    pub csv: PathBuf,
+    /// Number of labels (letters).
+    pub labels: usize,
+    /// Number of images.
+    pub images: usize,
+    /// Labels in the train split.
+    pub train_labels: usize,
+    /// Labels in the validation split.
+    pub validation_labels: usize,
+    /// Font faces used.
+    pub faces: usize,
+    /// Labels per script.
+    pub scripts: Vec<(String, usize)>,
+    /// Fewest and most images of a label.
+    pub images_per_label: (usize, usize),
+}
+
+/// Unicode blocks drawn, by script.
+const SCRIPTS: &[(&str, &[(u32, u32)])] = &[
+    (
+        "latin",
+        &[(0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F), (0x1E00, 0x1EFF)],
+    ),
+    ("greek", &[(0x370, 0x3FF), (0x1F00, 0x1FFF)]),
+    ("cyrillic", &[(0x400, 0x52F)]),
+    ("armenian", &[(0x531, 0x587)]),
+    ("hebrew", &[(0x5D0, 0x5EA)]),
+    ("arabic", &[(0x620, 0x64A), (0x66E, 0x6D3)]),
+    ("nko", &[(0x7CA, 0x7EA)]),
+    ("lao", &[(0xE81, 0xEAE)]),
+    ("georgian", &[(0x10A0, 0x10FF)]),
+    ("canadian_syllabics", &[(0x1401, 0x167F)]),
+    ("ogham", &[(0x1681, 0x169A)]),
+    ("coptic", &[(0x2C80, 0x2CE4)]),
+    ("tifinagh", &[(0x2D30, 0x2D6F)]),
+];
+
+struct Face {
+    name: String,
+    font: FontArc,
+}
+
+/// The 21 text faces of DejaVu 2.37 embedded through the `dejavu` crate, by file stem.
+fn embedded_faces() -> Result<Vec<Face>> {
+    let faces: [(&str, &'static [u8]); 21] = [
+        ("DejaVuSans", dejavu::sans::regular()),
+        ("DejaVuSans-Bold", dejavu::sans::bold()),
+        ("DejaVuSans-BoldOblique", dejavu::sans::bold_oblique()),
+        ("DejaVuSans-ExtraLight", dejavu::sans::extra_light()),
+        ("DejaVuSans-Oblique", dejavu::sans::oblique()),
+        ("DejaVuSansCondensed", dejavu::sans_condensed::regular()),
+        ("DejaVuSansCondensed-Bold", dejavu::sans_condensed::bold()),
+        (
+            "DejaVuSansCondensed-BoldOblique",
+            dejavu::sans_condensed::bold_oblique(),
+        ),
+        (
+            "DejaVuSansCondensed-Oblique",
+            dejavu::sans_condensed::oblique(),
+        ),
+        ("DejaVuSansMono", dejavu::sans_mono::regular()),
+        ("DejaVuSansMono-Bold", dejavu::sans_mono::bold()),
+        (
+            "DejaVuSansMono-BoldOblique",
+            dejavu::sans_mono::bold_oblique(),
+        ),
+        ("DejaVuSansMono-Oblique", dejavu::sans_mono::oblique()),
+        ("DejaVuSerif", dejavu::serif::regular()),
+        ("DejaVuSerif-Bold", dejavu::serif::bold()),
+        ("DejaVuSerif-BoldItalic", dejavu::serif::bold_italic()),
+        ("DejaVuSerif-Italic", dejavu::serif::italic()),
+        ("DejaVuSerifCondensed", dejavu::serif_condensed::regular()),
+        ("DejaVuSerifCondensed-Bold", dejavu::serif_condensed::bold()),
+        (
+            "DejaVuSerifCondensed-BoldItalic",
+            dejavu::serif_condensed::bold_italic(),
+        ),
+        (
+            "DejaVuSerifCondensed-Italic",
+            dejavu::serif_condensed::italic(),
+        ),
+    ];
+    let mut faces: Vec<Face> = faces
+        .into_iter()
+        .map(|(name, bytes)| {
+            FontArc::try_from_slice(bytes)
+                .map(|font| Face {
+                    name: name.to_owned(),
+                    font,
+                })
+                .map_err(|e| Error::Msg(format!("embedded font {name} is unusable: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    faces.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(faces)
+}
+
+/// Loads the DejaVu faces of `dir` (every `DejaVu*.ttf` but the math face), sorted by file name.
+fn load_faces(dir: &Path) -> Result<Vec<Face>> {
+    let hint = "give a folder with the DejaVu .ttf files (Debian: /usr/share/fonts/truetype/dejavu from fonts-dejavu-core and fonts-dejavu-extra), or no --fonts to use the faces embedded in oml";
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Format {
+        path: dir.to_path_buf(),
+        message: format!("cannot read the fonts folder ({e}); {hint}"),
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("DejaVu") && name.ends_with(".ttf") && !name.contains("Math")
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Format {
+            path: dir.to_path_buf(),
+            message: format!("no DejaVu*.ttf files in this folder; {hint}"),
+        });
+    }
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes =
+                std::fs::read(&path).map_err(|e| Error::io("cannot read font", &path, e))?;
+            let font = FontArc::try_from_vec(bytes).map_err(|e| Error::Format {
+                path: path.clone(),
+                message: format!("not a usable TrueType font: {e}"),
+            })?;
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("face")
+                .to_owned();
+            Ok(Face { name, font })
+        })
+        .collect()
+}
+
+/// Draws `c` black on white, centred, at a fixed scale (so case and diacritics stay visible),
+/// shrunk only when it would not fit. `None` when the face lacks the letter or draws nothing.
+fn render(font: &FontArc, c: char, size: u32) -> Option<GrayImage> {
+    let id = font.glyph_id(c);
+    if id.0 == 0 {
+        return None;
+    }
+    let mut scale = size as f32 * 0.75;
+    for _ in 0..2 {
+        let glyph = id.with_scale_and_position(PxScale::from(scale), point(0.0, 0.0));
+        let outlined = font.outline_glyph(glyph)?;
+        let b = outlined.px_bounds();
+        let (bw, bh) = (b.width(), b.height());
+        let limit = size as f32 * 0.92;
+        if bw > limit || bh > limit {
+            scale *= limit / bw.max(bh);
+            continue;
+        }
+        let dx = ((size as f32 - bw) / 2.0).floor() as i64;
+        let dy = ((size as f32 - bh) / 2.0).floor() as i64;
+        let mut img = GrayImage::from_pixel(size, size, image::Luma([255]));
+        let mut ink = 0.0f32;
+        outlined.draw(|x, y, cov| {
+            let (px, py) = (x as i64 + dx, y as i64 + dy);
+            if (0..size as i64).contains(&px) && (0..size as i64).contains(&py) {
+                let v = (255.0 * (1.0 - cov.clamp(0.0, 1.0))).round() as u8;
+                let p = img.get_pixel_mut(px as u32, py as u32);
+                p.0[0] = p.0[0].min(v);
+                ink += cov;
+            }
+        });
+        return (ink > 1.0).then_some(img);
+    }
+    None
+}
+
+struct Class {
+    c: char,
+    script: &'static str,
+    images: Vec<(usize, GrayImage)>,
+}
+
+/// Writes the glyph dataset to `out`: `out/images/<label>_<codepoint>/<face>.png` and `out/df.csv`.
+pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummary> {
+    if !(8..=1024).contains(&config.size) {
+        return Err(Error::param(
+            "size",
+            config.size,
+            "an image side between 8 and 1024 pixels",
+        ));
+    }
+    if !(0.0..=1.0).contains(&config.val_fraction) {
+        return Err(Error::param(
+            "val_fraction",
+            config.val_fraction,
+            "a fraction in [0, 1]",
+        ));
+    }
+    let faces = match &config.fonts_dir {
+        Some(dir) => load_faces(dir)?,
+        None => embedded_faces()?,
+    };
+    let reference = faces
+        .iter()
+        .position(|f| f.name == "DejaVuSans")
+        .unwrap_or(0);
+    let letters: Vec<(char, &'static str)> = SCRIPTS
+        .iter()
+        .flat_map(|(script, ranges)| {
+            ranges
+                .iter()
+                .flat_map(|&(a, b)| a..=b)
+                .filter_map(char::from_u32)
+                .filter(|c| c.is_alphabetic())
+                .map(move |c| (c, *script))
+        })
+        .collect();
+    let size = config.size;
+    let mut classes: Vec<Class> = letters
+        .par_iter()
+        .map(|&(c, script)| Class {
+            c,
+            script,
+            images: faces
+                .iter()
+                .enumerate()
+                .filter_map(|(k, f)| render(&f.font, c, size).map(|img| (k, img)))
+                .collect(),
+        })
+        .collect();
+    // Drop letters that look like an earlier one in the reference face (or in their first face).
+    let mut seen: HashMap<(usize, Vec<u8>), char> = HashMap::new();
+    classes.retain(|cl| {
+        let Some((k, img)) = cl
+            .images
+            .iter()
+            .find(|(k, _)| *k == reference)
+            .or_else(|| cl.images.first())
+        else {
+            return false;
+        };
+        seen.insert((*k, img.as_raw().clone()), cl.c).is_none()
+    });
+    classes.retain(|cl| cl.images.len() >= config.min_images.max(2));
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    if let Some(max) = config.max_labels {
+        if max < 2 {
+            return Err(Error::param("max_labels", max, "at least 2 labels"));
+        }
+        let mut order: Vec<usize> = (0..classes.len()).collect();
+        order.shuffle(&mut rng);
+        let mut keep: Vec<usize> = order.into_iter().take(max).collect();
+        keep.sort_unstable();
+        let mut taken: Vec<Option<Class>> = classes.into_iter().map(Some).collect();
+        classes = keep.into_iter().filter_map(|i| taken[i].take()).collect();
+    }
+    if classes.len() < 2 {
+        return Err(Error::Msg(
+            "these fonts give fewer than 2 letters; use the DejaVu fonts".to_owned(),
+        ));
+    }
+    let n_val = ((classes.len() as f64) * config.val_fraction).round() as usize;
+    let mut order: Vec<usize> = (0..classes.len()).collect();
+    order.shuffle(&mut rng);
+    let mut is_val = vec![false; classes.len()];
+    for &i in order.iter().take(n_val) {
+        is_val[i] = true;
+    }
+
+    let images_dir = out.join("images");
+    std::fs::create_dir_all(&images_dir)
+        .map_err(|e| Error::io("cannot create folder", &images_dir, e))?;
+    let rows: Vec<Vec<[String; 6]>> = classes
+        .par_iter()
+        .enumerate()
+        .map(|(label, cl)| {
+            let folder = format!("{label:04}_U+{:04X}", cl.c as u32);
+            let dir = images_dir.join(&folder);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io("cannot create folder", &dir, e))?;
+            let val = is_val[label];
+            cl.images
+                .iter()
+                .map(|(k, img)| {
+                    let file = dir.join(format!("{}.png", faces[*k].name));
+                    img.save(&file).map_err(|e| Error::Image {
+                        path: file.clone(),
+                        message: format!("cannot write: {e}"),
+                    })?;
+                    let flag = if val { "True" } else { "" };
+                    Ok([
+                        label.to_string(),
+                        format!("images/{folder}/{}.png", faces[*k].name),
+                        if val { "validation" } else { "train" }.to_owned(),
+                        flag.to_owned(),
+                        flag.to_owned(),
+                        cl.script.to_owned(),
+                    ])
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
+    let rows: Vec<[String; 6]> = rows.into_iter().flatten().collect();
+    let header = [
+        "label",
+        "path",
+        "split",
+        "is_query",
+        "is_gallery",
+        "category",
+    ];
+    let columns = header
+        .iter()
+        .enumerate()
+        .map(|(k, name)| (*name, rows.iter().map(|r| r[k].clone()).collect()))
+        .collect();
+    let csv = out.join("df.csv");
+    write_csv(&csv, columns)?;
+
+    let mut scripts: Vec<(String, usize)> = Vec::new();
+    for (name, _) in SCRIPTS {
+        let n = classes.iter().filter(|c| c.script == *name).count();
+        if n > 0 {
+            scripts.push((name.to_string(), n));
+        }
+    }
+    let per_label = classes.iter().map(|c| c.images.len());
+    Ok(GlyphsSummary {
+        csv,
+        labels: classes.len(),
+        images: rows.len(),
+        train_labels: classes.len() - n_val,
+        validation_labels: n_val,
+        faces: faces.len(),
+        scripts,
+        images_per_label: (
+            per_label.clone().min().unwrap_or(0),
+            per_label.max().unwrap_or(0),
+        ),
+    })
+}

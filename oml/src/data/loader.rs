@@ -1,0 +1,223 @@
+//! Batches of images as tensors: decoded in parallel (rayon), the next batch prepared on a
+//! background thread while the current one is used, decoded images optionally cached in memory.
+//!
+//! Augmentations are seeded per item from `(seed, epoch, batch, position)`, so the same seed gives
+//! the same batches whatever the number of threads.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::dataset::ImageSource;
+use super::transforms::Transform;
+use crate::{Error, Result};
+
+/// Settings of an [`ImageLoader`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoaderConfig {
+    /// Batches prepared ahead on the background thread (0: none, batches are made on demand).
+    pub prefetch: usize,
+    /// Keep decoded (and cropped) images in memory, so later epochs skip decoding.
+    pub cache: bool,
+    /// Seed of the augmentations.
+    pub seed: u64,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            prefetch: 1,
+            cache: false,
+            seed: 0,
+        }
+    }
+}
+
+/// One batch: the images `[B, 3, H, W]` (`f32`, on the CPU) and the dataset indices they came from.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Dataset indices, in batch order.
+    pub indices: Vec<usize>,
+    /// Images, `[B, 3, H, W]`, `f32`, normalised.
+    pub images: Tensor,
+}
+
+type Cache = Mutex<HashMap<usize, Arc<RgbImage>>>;
+
+/// Turns lists of dataset indices (a sampler's batches) into image tensors. Cheap to clone.
+#[derive(Clone)]
+pub struct ImageLoader {
+    source: Arc<dyn ImageSource>,
+    transform: Arc<Transform>,
+    config: LoaderConfig,
+    cache: Arc<Cache>,
+}
+
+impl ImageLoader {
+    /// A loader over `source` that applies `transform` to every image.
+    pub fn new(source: Arc<dyn ImageSource>, transform: Transform, config: LoaderConfig) -> Self {
+        ImageLoader {
+            source,
+            transform: Arc::new(transform),
+            config,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The transform applied to every image.
+    pub fn transform(&self) -> &Transform {
+        &self.transform
+    }
+
+    /// Number of decoded images held in the cache.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    fn image(&self, i: usize) -> Result<Arc<RgbImage>> {
+        if self.config.cache {
+            if let Some(img) = self.cache.lock().ok().and_then(|c| c.get(&i).cloned()) {
+                return Ok(img);
+            }
+        }
+        let img = Arc::new(self.source.load_image(i)?);
+        if self.config.cache {
+            if let Ok(mut c) = self.cache.lock() {
+                c.insert(i, img.clone());
+            }
+        }
+        Ok(img)
+    }
+
+    /// Decodes and transforms the items `indices` in parallel into one batch. `epoch` and `batch`
+    /// only seed the augmentations.
+    pub fn load_batch(&self, indices: &[usize], epoch: u64, batch: u64) -> Result<Batch> {
+        if indices.is_empty() {
+            return Err(Error::param(
+                "indices",
+                "[]",
+                "a batch needs at least one index",
+            ));
+        }
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.source.len()) {
+            return Err(Error::param(
+                "indices",
+                bad,
+                format!("indices below the dataset length {}", self.source.len()),
+            ));
+        }
+        let items: Vec<(Vec<f32>, u32, u32)> = indices
+            .par_iter()
+            .enumerate()
+            .map(|(pos, &i)| {
+                let img = self.image(i)?;
+                let mut rng = ChaCha8Rng::seed_from_u64(item_seed(
+                    self.config.seed,
+                    epoch,
+                    batch,
+                    pos as u64,
+                ));
+                Ok(self.transform.apply(&img, &mut rng))
+            })
+            .collect::<Result<_>>()?;
+        let (_, h, w) = items[0];
+        if let Some((k, (_, h2, w2))) = items
+            .iter()
+            .enumerate()
+            .find(|(_, it)| (it.1, it.2) != (h, w))
+        {
+            return Err(Error::Msg(format!(
+                "transform '{}' gave images of different sizes ({h}x{w} and {h2}x{w2} for item {}); add a crop or an exact resize so a batch can be stacked",
+                self.transform.name, indices[k]
+            )));
+        }
+        let mut data = Vec::with_capacity(items.len() * items[0].0.len());
+        for (chw, _, _) in &items {
+            data.extend_from_slice(chw);
+        }
+        let images =
+            Tensor::from_vec(data, (items.len(), 3, h as usize, w as usize), &Device::Cpu)?;
+        Ok(Batch {
+            indices: indices.to_vec(),
+            images,
+        })
+    }
+
+    /// Iterates over `batches` (e.g. one epoch of a sampler), preparing up to `prefetch` batches
+    /// ahead on a background thread. Dropping the iterator stops the thread.
+    pub fn iter(&self, batches: Vec<Vec<usize>>, epoch: u64) -> BatchIter {
+        if self.config.prefetch == 0 {
+            return BatchIter {
+                inner: Inner::Direct {
+                    loader: self.clone(),
+                    batches: batches.into_iter().enumerate(),
+                    epoch,
+                },
+            };
+        }
+        let (tx, rx) = sync_channel(self.config.prefetch);
+        let loader = self.clone();
+        std::thread::spawn(move || {
+            for (b, indices) in batches.iter().enumerate() {
+                let batch = loader.load_batch(indices, epoch, b as u64);
+                let stop = batch.is_err();
+                if tx.send(batch).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        BatchIter {
+            inner: Inner::Prefetch(rx),
+        }
+    }
+}
+
+fn item_seed(seed: u64, epoch: u64, batch: u64, pos: u64) -> u64 {
+    // SplitMix64 steps: different inputs give unrelated seeds.
+    let mut z = seed;
+    for v in [epoch, batch, pos] {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(v);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+    }
+    z
+}
+
+enum Inner {
+    Prefetch(Receiver<Result<Batch>>),
+    Direct {
+        loader: ImageLoader,
+        batches: std::iter::Enumerate<std::vec::IntoIter<Vec<usize>>>,
+        epoch: u64,
+    },
+}
+
+/// Iterator over prepared batches; see [`ImageLoader::iter`].
+pub struct BatchIter {
+    inner: Inner,
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            Inner::Prefetch(rx) => rx.recv().ok(),
+            Inner::Direct {
+                loader,
+                batches,
+                epoch,
+            } => {
+                let (b, indices) = batches.next()?;
+                Some(loader.load_batch(&indices, *epoch, b as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! A grid of image tiles, each with a caption and an optional coloured frame, rendered as a PNG
+//! (tiles only) or as HTML (thumbnails as base64 PNGs, captions as escaped text).
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::imageops::{self, FilterType};
+use image::{ImageFormat, Rgb, RgbImage};
+use rand::SeedableRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::{ImageLabeledDataset, ImageSource};
+use crate::notebook::{emit_html, escape_html, png_data_url};
+use crate::{Error, Result};
+
+/// One image in a grid.
+#[derive(Debug, Clone)]
+pub struct Tile {
+    /// The image (resized to the grid's thumbnail size when drawn).
+    pub image: RgbImage,
+    /// Text under the image (HTML output only).
+    pub caption: String,
+    /// Frame colour, if any.
+    pub frame: Option<[u8; 3]>,
+}
+
+/// Rows of tiles, each row with a label.
+#[derive(Debug, Clone)]
+pub struct ImageGrid {
+    /// Title shown above the grid (HTML).
+    pub title: String,
+    /// `(row label, tiles)`.
+    pub rows: Vec<(String, Vec<Tile>)>,
+    /// Side of a thumbnail in pixels.
+    pub thumb: u32,
+}
+
+const FRAME: u32 = 3;
+const GAP: u32 = 4;
+
+impl ImageGrid {
+    fn thumbnail(&self, tile: &Tile) -> RgbImage {
+        let t = self.thumb.max(8);
+        let (w, h) = tile.image.dimensions();
+        let scale = t as f32 / w.max(h).max(1) as f32;
+        let (nw, nh) = (
+            ((w as f32 * scale).round() as u32).clamp(1, t),
+            ((h as f32 * scale).round() as u32).clamp(1, t),
+        );
+        let small = imageops::resize(&tile.image, nw, nh, FilterType::Triangle);
+        let side = t + 2 * FRAME;
+        let mut out = RgbImage::from_pixel(side, side, Rgb(tile.frame.unwrap_or([255, 255, 255])));
+        let mut inner = RgbImage::from_pixel(t, t, Rgb([255, 255, 255]));
+        imageops::replace(
+            &mut inner,
+            &small,
+            ((t - nw) / 2) as i64,
+            ((t - nh) / 2) as i64,
+        );
+        imageops::replace(&mut out, &inner, FRAME as i64, FRAME as i64);
+        out
+    }
+
+    /// The tiles drawn as one image (no text), white background.
+    pub fn to_image(&self) -> RgbImage {
+        let side = self.thumb.max(8) + 2 * FRAME;
+        let cols = self.rows.iter().map(|r| r.1.len()).max().unwrap_or(0) as u32;
+        let width = (cols * (side + GAP)).max(1);
+        let height = (self.rows.len() as u32 * (side + GAP)).max(1);
+        let mut canvas = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+        for (r, (_, tiles)) in self.rows.iter().enumerate() {
+            for (c, tile) in tiles.iter().enumerate() {
+                let thumb = self.thumbnail(tile);
+                imageops::replace(
+                    &mut canvas,
+                    &thumb,
+                    (c as u32 * (side + GAP)) as i64,
+                    (r as u32 * (side + GAP)) as i64,
+                );
+            }
+        }
+        canvas
+    }
+
+    /// The grid as PNG bytes.
+    pub fn to_png(&self) -> Result<Vec<u8>> {
+        encode_png(&self.to_image())
+    }
+
+    /// Writes the grid as a PNG file.
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        let png = self.to_png()?;
+        std::fs::write(path, png).map_err(|e| Error::io("cannot write", path, e))
+    }
+
+    /// The grid as an HTML fragment: a table with a row label and one thumbnail plus caption per
+    /// tile. Every text is escaped.
+    pub fn to_html(&self) -> Result<String> {
+        let mut html = String::new();
+        html.push_str("<div class=\"oml-grid\">");
+        if !self.title.is_empty() {
+            html.push_str(&format!("<h4>{}</h4>", escape_html(&self.title)));
+        }
+        html.push_str("<table style=\"border-collapse:collapse\">");
+        for (label, tiles) in &self.rows {
+            html.push_str(&format!(
+                "<tr><td style=\"padding:4px;font-family:monospace;vertical-align:middle\">{}</td>",
+                escape_html(label)
+            ));
+            for tile in tiles {
+                let png = encode_png(&self.thumbnail(tile))?;
+                html.push_str(&format!(
+                    "<td style=\"padding:2px;text-align:center;font-family:monospace;font-size:11px\"><img src=\"{}\"/><br/>{}</td>",
+                    png_data_url(&png),
+                    escape_html(&tile.caption)
+                ));
+            }
+            html.push_str("</tr>");
+        }
+        html.push_str("</table></div>");
+        Ok(html)
+    }
+
+    /// Shows the grid inline in an evcxr notebook (HTML).
+    pub fn evcxr_display(&self) {
+        match self.to_html() {
+            Ok(html) => emit_html(&html),
+            Err(e) => println!("cannot render the grid: {e}"),
+        }
+    }
+}
+
+/// Encodes an RGB image as PNG bytes.
+pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut buf = Cursor::new(Vec::new());
+    img.write_to(&mut buf, ImageFormat::Png)
+        .map_err(|e| Error::Msg(format!("cannot encode PNG: {e}")))?;
+    Ok(buf.into_inner())
+}
+
+/// A grid of `per_label` random images for each of `n_labels` random labels of a dataset (one row
+/// per label), seeded.
+pub fn sample_grid(
+    dataset: &ImageLabeledDataset,
+    n_labels: usize,
+    per_label: usize,
+    thumb: u32,
+    seed: u64,
+) -> Result<ImageGrid> {
+    if n_labels == 0 || per_label == 0 {
+        return Err(Error::param("n_labels/per_label", 0, "at least 1"));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut by_label: Vec<Vec<usize>> = vec![Vec::new(); dataset.n_labels()];
+    for (i, &l) in dataset.labels().iter().enumerate() {
+        by_label[l].push(i);
+    }
+    let mut labels: Vec<usize> = (0..dataset.n_labels()).collect();
+    labels.shuffle(&mut rng);
+    labels.truncate(n_labels);
+    labels.sort_unstable();
+    let categories = dataset.categories();
+    let mut rows = Vec::new();
+    for l in labels {
+        let chosen: Vec<usize> = by_label[l]
+            .choose_multiple(&mut rng, per_label)
+            .copied()
+            .collect();
+        let mut tiles = Vec::new();
+        for i in chosen {
+            let image = dataset.load_image(i)?;
+            let caption = dataset
+                .image_path(i)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            tiles.push(Tile {
+                image,
+                caption,
+                frame: None,
+            });
+        }
+        let original = dataset.original_label(l).unwrap_or_default();
+        let label = match &categories {
+            Some(c) => format!("label {original} ({})", c[by_label[l][0]]),
+            None => format!("label {original}"),
+        };
+        rows.push((label, tiles));
+    }
+    Ok(ImageGrid {
+        title: format!("{} labels x {} samples", rows.len(), per_label),
+        rows,
+        thumb,
+    })
+}
+
+/// One sampler batch as a grid: one row per label, in batch order.
+pub fn batch_grid(dataset: &ImageLabeledDataset, batch: &[usize], thumb: u32) -> Result<ImageGrid> {
+    let mut rows: Vec<(usize, Vec<Tile>)> = Vec::new();
+    for &i in batch {
+        if i >= dataset.len() {
+            return Err(Error::param(
+                "batch",
+                i,
+                format!("indices below {}", dataset.len()),
+            ));
+        }
+        let label = dataset.labels()[i];
+        let tile = Tile {
+            image: dataset.load_image(i)?,
+            caption: format!("#{i}"),
+            frame: None,
+        };
+        match rows.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, tiles)) => tiles.push(tile),
+            None => rows.push((label, vec![tile])),
+        }
+    }
+    Ok(ImageGrid {
+        title: format!("a batch of {} images, {} labels", batch.len(), rows.len()),
+        rows: rows
+            .into_iter()
+            .map(|(l, tiles)| {
+                let original = dataset.original_label(l).unwrap_or_default();
+                (format!("label {original}"), tiles)
+            })
+            .collect(),
+        thumb,
+    })
+}
