@@ -81,16 +81,16 @@ impl ImageLoader {
     }
 
     fn image(&self, i: usize) -> Result<Arc<RgbImage>> {
-        if self.config.cache {
-            if let Some(img) = self.cache.lock().ok().and_then(|c| c.get(&i).cloned()) {
-                return Ok(img);
-            }
+        if self.config.cache
+            && let Some(img) = self.cache.lock().ok().and_then(|c| c.get(&i).cloned())
+        {
+            return Ok(img);
         }
         let img = Arc::new(self.source.load_image(i)?);
-        if self.config.cache {
-            if let Ok(mut c) = self.cache.lock() {
-                c.insert(i, img.clone());
-            }
+        if self.config.cache
+            && let Ok(mut c) = self.cache.lock()
+        {
+            c.insert(i, img.clone());
         }
         Ok(img)
     }

@@ -22,7 +22,7 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// CLIP mean (RGB), as OpenAI's CLIP and OML's `norm_resize_albu_clip`.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP standard deviation (RGB).
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// Padding colour of `norm_resize_albu` (white, as OML's `PAD_COLOR`).
 pub const PAD_COLOR: [u8; 3] = [255, 255, 255];
 
@@ -487,9 +487,8 @@ fn grey(p: [u8; 3]) -> u8 {
 fn blend_with(img: &mut RgbImage, degenerate: impl Fn([u8; 3]) -> [f32; 3], factor: f32) {
     for p in img.pixels_mut() {
         let d = degenerate(p.0);
-        for c in 0..3 {
-            let v = d[c] + factor * (p.0[c] as f32 - d[c]);
-            p.0[c] = v.round().clamp(0.0, 255.0) as u8;
+        for (v, d) in p.0.iter_mut().zip(d) {
+            *v = (d + factor * (*v as f32 - d)).round().clamp(0.0, 255.0) as u8;
         }
     }
 }
