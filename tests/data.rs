@@ -525,3 +525,60 @@ fn missing_image_in_a_batch_is_an_error_naming_it() {
     let err = results[0].as_ref().map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("img/1.png"), "{err}");
 }
+
+/// Bicubic resizing against Pillow's `Image.resize(..., BICUBIC)` (what torchvision uses on PIL
+/// images): fixture made by `tests/golden/make_resize_fixture.py`. Mean absolute difference at most
+/// one intensity level, and no pixel off by more than a few levels.
+#[test]
+fn bicubic_resize_matches_pillow_within_one_level_on_average() {
+    use base64::Engine;
+    use oml::data::{Interpolation, Op};
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text =
+        std::fs::read_to_string(repo.join("tests/golden/resize_pillow.json")).expect("fixture");
+    let fixture: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let cases = fixture["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 9);
+    for case in cases {
+        let input =
+            oml::data::load_rgb(&repo.join(case["input"].as_str().expect("input"))).expect("png");
+        let (w, h) = (
+            case["width"].as_u64().expect("w") as u32,
+            case["height"].as_u64().expect("h") as u32,
+        );
+        let expected = base64::engine::general_purpose::STANDARD
+            .decode(case["pixels_b64"].as_str().expect("b64"))
+            .expect("base64");
+        let t = Transform {
+            name: "resize".into(),
+            ops: vec![Op::Resize {
+                height: h,
+                width: w,
+                interpolation: Interpolation::Bicubic,
+            }],
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        let ours = t.apply_image(&input, &mut rng);
+        assert_eq!(ours.dimensions(), (w, h));
+        let diffs: Vec<i32> = ours
+            .as_raw()
+            .iter()
+            .zip(&expected)
+            .map(|(&a, &b)| (a as i32 - b as i32).abs())
+            .collect();
+        let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+        let max = diffs.iter().copied().max().unwrap_or(0);
+        eprintln!(
+            "{} -> {w}x{h}: mean |diff| {mean:.3}, max {max}",
+            case["input"]
+        );
+        assert!(
+            mean <= 1.0,
+            "{} -> {w}x{h}: mean |diff| {mean}",
+            case["input"]
+        );
+        assert!(max <= 32, "{} -> {w}x{h}: max |diff| {max}", case["input"]);
+    }
+}

@@ -33,7 +33,9 @@
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod metrics;
 pub mod notebook;
+pub mod retrieval;
 pub mod samplers;
 pub mod viz;
 
@@ -48,6 +50,8 @@ pub mod prelude {
         CheckOptions, GlyphsConfig, ImageLabeledDataset, ImageLoader, ImageQueryGalleryDataset,
         ImageQueryGalleryLabeledDataset, ImageSource, LoaderConfig, SampleTable, Transform,
     };
+    pub use crate::metrics::{Metrics, MetricsConfig, compute_metrics, evaluate};
+    pub use crate::retrieval::{Distance, QueryGalleryInfo, RetrievalResults, SearchConfig};
     pub use crate::samplers::{
         BalanceSampler, BatchSampler, CategoryBalanceSampler, DistinctCategoryBalanceSampler,
     };

@@ -41,6 +41,9 @@ enum Command {
     /// Generate built-in datasets.
     #[command(subcommand)]
     Datasets(Datasets),
+    /// Retrieval metrics (and optionally per-query results and a retrieval grid) of precomputed
+    /// embeddings: row i of the .npy is the i-th validation row of the CSV.
+    Evaluate(Box<EvaluateArgs>),
     /// The main job on the embedded default, offline: generate the glyph dataset, check it and
     /// print its summary.
     Demo {
@@ -51,6 +54,55 @@ enum Command {
         #[arg(long)]
         fonts: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct EvaluateArgs {
+    /// float32 [N, D] .npy: row i = the i-th validation row of the CSV (file order).
+    #[arg(long)]
+    embeddings: PathBuf,
+    /// The OML CSV.
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder that relative image paths are relative to (default: the CSV's folder).
+    #[arg(long)]
+    dataset_root: Option<PathBuf>,
+    /// cmc@k for these k (comma-separated; empty for none).
+    #[arg(long, default_value = "1,5")]
+    cmc: String,
+    /// precision@k.
+    #[arg(long, default_value = "5")]
+    precision: String,
+    /// map@k.
+    #[arg(long, default_value = "5")]
+    map: String,
+    /// fnmr@fmr for these fractions (over all pairs).
+    #[arg(long, default_value = "")]
+    fmr: String,
+    /// pcf for these fractions of the variance.
+    #[arg(long, default_value = "0.5")]
+    pcf: String,
+    /// euclidean or cosine.
+    #[arg(long, default_value = "euclidean")]
+    distance: String,
+    /// Queries without ground truth: oml, skip or error.
+    #[arg(long, default_value = "oml")]
+    no_gt: String,
+    /// Write the nested metrics JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Results kept per query (at least the largest k).
+    #[arg(long, default_value_t = 10)]
+    top_n: usize,
+    /// Write per-query results (paths, distances, hits) as JSON here.
+    #[arg(long)]
+    retrieved: Option<PathBuf>,
+    /// Draw the retrieval grid of the worst queries by cmc@1 into this PNG.
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    /// Queries in the grid.
+    #[arg(long, default_value_t = 8)]
+    grid_queries: usize,
 }
 
 #[derive(Subcommand)]
@@ -174,6 +226,7 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             glyphs(&out, &config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Evaluate(args) => evaluate(&args),
         Command::Demo { out, fonts } => {
             let root = out.join("glyphs");
             let config = GlyphsConfig {
@@ -254,4 +307,86 @@ fn check_data(
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn parse_list<T: std::str::FromStr>(name: &'static str, text: &str) -> oml::Result<Vec<T>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| oml::Error::param(name, s, "a comma-separated list of numbers"))
+        })
+        .collect()
+}
+
+fn evaluate(args: &EvaluateArgs) -> oml::Result<ExitCode> {
+    use oml::metrics::{MetricsConfig, NoGtPolicy, QueryMetric};
+    use oml::retrieval::{QueryGalleryInfo, SearchConfig};
+    let no_gt_policy = match args.no_gt.as_str() {
+        "oml" => NoGtPolicy::Oml,
+        "skip" => NoGtPolicy::Skip,
+        "error" => NoGtPolicy::Error,
+        other => {
+            return Err(oml::Error::UnknownName {
+                kind: "--no-gt policy",
+                name: other.to_owned(),
+                known: vec!["oml".into(), "skip".into(), "error".into()],
+            });
+        }
+    };
+    let config = MetricsConfig {
+        cmc_top_k: parse_list("--cmc", &args.cmc)?,
+        precision_top_k: parse_list("--precision", &args.precision)?,
+        map_top_k: parse_list("--map", &args.map)?,
+        fmr_vals: parse_list("--fmr", &args.fmr)?,
+        pcf_variance: parse_list("--pcf", &args.pcf)?,
+        no_gt_policy,
+        ..MetricsConfig::default()
+    };
+    let search = SearchConfig {
+        top_n: args.top_n,
+        distance: args.distance.parse()?,
+        ..SearchConfig::default()
+    };
+    let options = CheckOptions {
+        dataset_root: args.dataset_root.clone(),
+        check_files: args.grid.is_some(),
+        ..CheckOptions::default()
+    };
+    let table = std::sync::Arc::new(oml::data::SampleTable::from_csv(&args.data, &options)?);
+    let embeddings = oml::retrieval::read_embeddings(&args.embeddings)?;
+    let info = QueryGalleryInfo::from_table(&table);
+    let (rr, metrics) = oml::metrics::evaluate(&embeddings, &info, &config, &search)
+        .map_err(|e| oml::Error::Msg(format!("{}: {e}", args.embeddings.display())))?;
+    print!("{metrics}");
+    if let Some(out) = &args.out {
+        write_json(out, &metrics.to_json())?;
+        println!("metrics written to {}", out.display());
+    }
+    let dataset = oml::data::ImageQueryGalleryLabeledDataset::from_table(table.clone())?;
+    if let Some(path) = &args.retrieved {
+        let names: Vec<String> = (0..dataset.len())
+            .map(|i| table.paths[dataset.row(i)].clone())
+            .collect();
+        write_json(path, &rr.to_json(Some(&names), 10))?;
+        println!("per-query results written to {}", path.display());
+    }
+    if let Some(path) = &args.grid {
+        let worst = rr.worst_queries(QueryMetric::Cmc(1), args.grid_queries);
+        let grid = oml::viz::retrieval_grid(&rr, &dataset, &worst, args.top_n.min(8), 3, 96)?;
+        grid.save_png(path)?;
+        println!(
+            "retrieval grid of the {} worst queries written to {}",
+            worst.len(),
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> oml::Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| oml::Error::Msg(format!("cannot write JSON: {e}")))?;
+    std::fs::write(path, text).map_err(|e| oml::Error::io("cannot write", path, e))
 }

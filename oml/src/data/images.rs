@@ -57,3 +57,37 @@ fn image_error(path: &Path, message: String) -> Error {
         message,
     }
 }
+
+/// Raw-pixel embeddings, the simplest baseline: every image of `source` as a grey `size x size`
+/// thumbnail, flattened and L2-normalised: `[N, size * size]`, `f32`, on the CPU. Decoded in
+/// parallel.
+pub fn pixel_embeddings(source: &dyn super::ImageSource, size: u32) -> Result<candle_core::Tensor> {
+    use rayon::prelude::*;
+    if size == 0 {
+        return Err(Error::param("size", 0, "a thumbnail side > 0"));
+    }
+    let rows: Vec<Vec<f32>> = (0..source.len())
+        .into_par_iter()
+        .map(|i| {
+            let img = source.load_image(i)?;
+            let grey = image::imageops::grayscale(&img);
+            let small =
+                image::imageops::resize(&grey, size, size, image::imageops::FilterType::Triangle);
+            let mut v: Vec<f32> = small
+                .as_raw()
+                .iter()
+                .map(|&p| 1.0 - p as f32 / 255.0)
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|x| *x /= norm);
+            Ok(v)
+        })
+        .collect::<Result<_>>()?;
+    let n = rows.len();
+    let flat: Vec<f32> = rows.into_iter().flatten().collect();
+    Ok(candle_core::Tensor::from_vec(
+        flat,
+        (n, (size * size) as usize),
+        &candle_core::Device::Cpu,
+    )?)
+}

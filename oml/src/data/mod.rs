@@ -19,6 +19,6 @@ pub use dataset::{
     ImageLabeledDataset, ImageQueryGalleryDataset, ImageQueryGalleryLabeledDataset, ImageSource,
 };
 pub use glyphs::{GlyphsConfig, GlyphsSummary, generate_glyphs};
-pub use images::{load_rgb, load_rgb_cropped};
+pub use images::{load_rgb, load_rgb_cropped, pixel_embeddings};
 pub use loader::{Batch, BatchIter, ImageLoader, LoaderConfig};
 pub use transforms::{Interpolation, Op, PRESETS, Transform};

@@ -38,6 +38,8 @@ pub struct ImageGrid {
 
 const FRAME: u32 = 3;
 const GAP: u32 = 4;
+const CAPTION: u32 = 14;
+const CAPTION_PX: f32 = 11.0;
 
 impl ImageGrid {
     fn thumbnail(&self, tile: &Tile) -> RgbImage {
@@ -62,21 +64,60 @@ impl ImageGrid {
         out
     }
 
-    /// The tiles drawn as one image (no text), white background.
+    /// Pixel position `(x, y)` of the top-left corner of tile `col` of row `row` in
+    /// [`Self::to_image`] (its frame starts there).
+    pub fn tile_origin(&self, row: usize, col: usize) -> (u32, u32) {
+        let side = self.thumb.max(8) + 2 * FRAME;
+        let left = self.label_width();
+        (
+            left + col as u32 * (side + GAP),
+            row as u32 * (side + CAPTION + GAP),
+        )
+    }
+
+    fn label_width(&self) -> u32 {
+        let widest = self
+            .rows
+            .iter()
+            .map(|(label, _)| super::text::text_width(label, CAPTION_PX))
+            .fold(0.0f32, f32::max);
+        if widest > 0.0 {
+            widest.ceil() as u32 + 2 * GAP
+        } else {
+            0
+        }
+    }
+
+    /// The grid drawn as one image: a row label on the left, tiles with their frames and captions
+    /// under them, white background.
     pub fn to_image(&self) -> RgbImage {
         let side = self.thumb.max(8) + 2 * FRAME;
         let cols = self.rows.iter().map(|r| r.1.len()).max().unwrap_or(0) as u32;
-        let width = (cols * (side + GAP)).max(1);
-        let height = (self.rows.len() as u32 * (side + GAP)).max(1);
+        let width = (self.label_width() + cols * (side + GAP)).max(1);
+        let height = (self.rows.len() as u32 * (side + CAPTION + GAP)).max(1);
         let mut canvas = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-        for (r, (_, tiles)) in self.rows.iter().enumerate() {
+        for (r, (label, tiles)) in self.rows.iter().enumerate() {
+            let (_, y) = self.tile_origin(r, 0);
+            super::text::draw_text(
+                &mut canvas,
+                GAP as i64,
+                (y + side / 2) as i64 - 6,
+                label,
+                CAPTION_PX,
+                [0, 0, 0],
+            );
             for (c, tile) in tiles.iter().enumerate() {
                 let thumb = self.thumbnail(tile);
-                imageops::replace(
+                let (x, y) = self.tile_origin(r, c);
+                imageops::replace(&mut canvas, &thumb, x as i64, y as i64);
+                let tw = super::text::text_width(&tile.caption, CAPTION_PX).ceil() as i64;
+                super::text::draw_text(
                     &mut canvas,
-                    &thumb,
-                    (c as u32 * (side + GAP)) as i64,
-                    (r as u32 * (side + GAP)) as i64,
+                    x as i64 + (side as i64 - tw).max(0) / 2,
+                    (y + side + 1) as i64,
+                    &tile.caption,
+                    CAPTION_PX,
+                    [0, 0, 0],
                 );
             }
         }

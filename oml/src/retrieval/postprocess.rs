@@ -1,0 +1,151 @@
+//! Post-processing of retrieval results (OML's `oml/retrieval/postprocessors`): thresholding, and
+//! the interface of a pairwise re-ranker.
+
+use super::results::RetrievalResults;
+use crate::{Error, Result};
+
+/// Something that turns retrieval results into new ones (fewer or re-ordered items per query; the
+/// ground truths are kept).
+pub trait RetrievalPostprocessor {
+    /// New results from `rr`.
+    fn process(&self, rr: &RetrievalResults) -> Result<RetrievalResults>;
+}
+
+/// OML's `ConstantThresholding`: keeps the results with distance strictly below `threshold`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConstantThresholding {
+    /// Largest distance (exclusive) kept.
+    pub threshold: f32,
+}
+
+impl RetrievalPostprocessor for ConstantThresholding {
+    fn process(&self, rr: &RetrievalResults) -> Result<RetrievalResults> {
+        let mut distances = Vec::with_capacity(rr.n_queries());
+        let mut retrieved = Vec::with_capacity(rr.n_queries());
+        for q in 0..rr.n_queries() {
+            let keep = rr
+                .distances(q)
+                .iter()
+                .take_while(|&&d| d < self.threshold)
+                .count();
+            distances.push(rr.distances(q)[..keep].to_vec());
+            retrieved.push(rr.retrieved_ids(q)[..keep].to_vec());
+        }
+        rr.with_lists(distances, retrieved)
+    }
+}
+
+/// OML's `AdaptiveThresholding`: cuts each query's list after its first gap between consecutive
+/// distances larger than `n_std` times the mean gap (the mean over all consecutive gaps of all
+/// queries; despite OML's name, not a standard deviation). Lists without such a gap are kept.
+/// OML raises a division by zero when the first query has fewer than two results; here the mean is
+/// over the gaps that exist.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptiveThresholding {
+    /// Multiple of the mean gap.
+    pub n_std: f32,
+}
+
+impl RetrievalPostprocessor for AdaptiveThresholding {
+    fn process(&self, rr: &RetrievalResults) -> Result<RetrievalResults> {
+        let (sum, count) = rr
+            .all_distances()
+            .iter()
+            .flat_map(|d| d.windows(2).map(|w| (w[1] - w[0]) as f64))
+            .fold((0.0, 0usize), |(s, n), g| (s + g, n + 1));
+        if count == 0 {
+            return rr.with_lists(rr.all_distances().to_vec(), rr.all_retrieved_ids().to_vec());
+        }
+        let limit = self.n_std as f64 * sum / count as f64;
+        let mut distances = Vec::with_capacity(rr.n_queries());
+        let mut retrieved = Vec::with_capacity(rr.n_queries());
+        for q in 0..rr.n_queries() {
+            let d = rr.distances(q);
+            let keep = d
+                .windows(2)
+                .position(|w| (w[1] - w[0]) as f64 > limit)
+                .map_or(d.len(), |i| i + 1);
+            distances.push(d[..keep].to_vec());
+            retrieved.push(rr.retrieved_ids(q)[..keep].to_vec());
+        }
+        rr.with_lists(distances, retrieved)
+    }
+}
+
+/// A model that scores `(query item, gallery item)` pairs; lower is closer (OML's pairwise model
+/// returning a distance-like logit).
+pub trait PairwiseScorer {
+    /// One score per pair of item ids.
+    fn score(&self, pairs: &[(usize, usize)]) -> Result<Vec<f32>>;
+}
+
+/// OML's `PairwiseReranker`: re-orders the first `top_n` results of every query by a pairwise
+/// model's scores; the rest stay after them. When the new scores reach past the first remaining
+/// distance they are rescaled (as OML) so that every list stays sorted.
+pub struct PairwiseReranker<S: PairwiseScorer> {
+    /// How many results per query are re-scored (> 1).
+    pub top_n: usize,
+    /// The model.
+    pub scorer: S,
+}
+
+impl<S: PairwiseScorer> RetrievalPostprocessor for PairwiseReranker<S> {
+    fn process(&self, rr: &RetrievalResults) -> Result<RetrievalResults> {
+        if self.top_n < 2 {
+            return Err(Error::param(
+                "top_n",
+                self.top_n,
+                "at least 2 results to re-rank",
+            ));
+        }
+        let (Some(query_items), Some(gallery_items)) = (rr.query_item_ids(), rr.gallery_item_ids())
+        else {
+            return Err(Error::Msg(
+                "re-ranking needs results built from one set of items (item ids unknown)"
+                    .to_owned(),
+            ));
+        };
+        let mut pairs = Vec::new();
+        for (q, &query_item) in query_items.iter().enumerate() {
+            for &g in rr.retrieved_ids(q).iter().take(self.top_n) {
+                pairs.push((query_item, gallery_items[g]));
+            }
+        }
+        let scores = self.scorer.score(&pairs)?;
+        if scores.len() != pairs.len() {
+            return Err(Error::Msg(format!(
+                "the pairwise model gave {} scores for {} pairs",
+                scores.len(),
+                pairs.len()
+            )));
+        }
+        let mut offset = 0;
+        let mut distances = Vec::with_capacity(rr.n_queries());
+        let mut retrieved = Vec::with_capacity(rr.n_queries());
+        for q in 0..rr.n_queries() {
+            let ids = rr.retrieved_ids(q);
+            let old = rr.distances(q);
+            let n = ids.len().min(self.top_n);
+            let mut order: Vec<usize> = (0..n).collect();
+            let s = &scores[offset..offset + n];
+            offset += n;
+            order.sort_by(|&a, &b| s[a].total_cmp(&s[b]));
+            let mut new_d: Vec<f32> = order.iter().map(|&i| s[i]).collect();
+            let mut new_ids: Vec<usize> = order.iter().map(|&i| ids[i]).collect();
+            if let (Some(&last), Some(&next)) = (new_d.last(), old.get(n))
+                && last > next
+            {
+                let eps = 1000.0 * f32::EPSILON;
+                let scale = next / last;
+                for d in &mut new_d {
+                    *d = *d * scale - eps;
+                }
+            }
+            new_d.extend_from_slice(&old[n..]);
+            new_ids.extend_from_slice(&ids[n..]);
+            distances.push(new_d);
+            retrieved.push(new_ids);
+        }
+        rr.with_lists(distances, retrieved)
+    }
+}

@@ -1,0 +1,623 @@
+//! `RetrievalResults`: per query, its top-n gallery items (distances ascending) and its ground
+//! truths.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use super::distances::{Exclusion, SearchConfig, check_embeddings, knn};
+use crate::data::{ImageQueryGalleryLabeledDataset, SampleTable, Split};
+use crate::{Error, Result};
+
+/// What retrieval needs to know about the items (no images): per item its label, whether it is a
+/// query and/or a gallery item, its category and sequence.
+#[derive(Debug, Clone, Default)]
+pub struct QueryGalleryInfo {
+    /// Label per item (`None`: unlabelled, no ground truths).
+    pub labels: Option<Vec<i64>>,
+    /// Whether each item is a query.
+    pub is_query: Vec<bool>,
+    /// Whether each item is in the gallery.
+    pub is_gallery: Vec<bool>,
+    /// Category per item, if any.
+    pub categories: Option<Vec<String>>,
+    /// Sequence id per item, if any.
+    pub sequences: Option<Vec<String>>,
+}
+
+impl QueryGalleryInfo {
+    /// From a labelled validation dataset.
+    pub fn from_dataset(dataset: &ImageQueryGalleryLabeledDataset) -> Self {
+        QueryGalleryInfo {
+            labels: Some(dataset.labels()),
+            is_query: dataset.is_query(),
+            is_gallery: dataset.is_gallery(),
+            categories: dataset.categories(),
+            sequences: dataset.sequences(),
+        }
+    }
+
+    /// The validation rows of a checked table, in file order.
+    pub fn from_table(table: &SampleTable) -> Self {
+        let rows = table.rows_of(Split::Validation);
+        let pick = |v: &Option<Vec<String>>| {
+            v.as_ref()
+                .map(|v| rows.iter().map(|&r| v[r].clone()).collect())
+        };
+        QueryGalleryInfo {
+            labels: table
+                .labels
+                .as_ref()
+                .map(|l| rows.iter().map(|&r| l[r]).collect()),
+            is_query: rows.iter().map(|&r| table.is_query[r]).collect(),
+            is_gallery: rows.iter().map(|&r| table.is_gallery[r]).collect(),
+            categories: pick(&table.categories),
+            sequences: pick(&table.sequences),
+        }
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.is_query.len()
+    }
+
+    /// Whether there are no items.
+    pub fn is_empty(&self) -> bool {
+        self.is_query.is_empty()
+    }
+
+    /// Item indices of the queries.
+    pub fn query_ids(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.is_query[i]).collect()
+    }
+
+    /// Item indices of the gallery.
+    pub fn gallery_ids(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.is_gallery[i]).collect()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let n = self.len();
+        let bad = |name: &str, len: usize| {
+            Err(Error::Msg(format!(
+                "query/gallery info: {name} has {len} values for {n} items"
+            )))
+        };
+        if self.is_gallery.len() != n {
+            return bad("is_gallery", self.is_gallery.len());
+        }
+        for (name, len) in [
+            ("labels", self.labels.as_ref().map(Vec::len)),
+            ("categories", self.categories.as_ref().map(Vec::len)),
+            ("sequences", self.sequences.as_ref().map(Vec::len)),
+        ] {
+            if let Some(len) = len.filter(|&l| l != n) {
+                return bad(name, len);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which pairs are never retrieved: the query's own item, and gallery items of its sequence.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PairExclusion {
+    /// Item id per query / gallery index, when query and gallery come from one set of items.
+    pub items: Option<(Vec<usize>, Vec<usize>)>,
+    /// Sequence codes per query / gallery index (equal codes = equal sequence values).
+    pub sequences: Option<(Vec<u32>, Vec<u32>)>,
+}
+
+impl Exclusion for PairExclusion {
+    fn excluded(&self, q: usize, g: usize) -> bool {
+        if let Some((qi, gi)) = &self.items
+            && qi[q] == gi[g]
+        {
+            return true;
+        }
+        if let Some((qs, gs)) = &self.sequences
+            && qs[q] == gs[g]
+        {
+            return true;
+        }
+        false
+    }
+}
+
+/// Query and gallery embeddings of one set of items, with what excludes pairs and the labels.
+pub(crate) struct Prepared {
+    pub queries: Tensor,
+    pub gallery: Tensor,
+    pub query_ids: Vec<usize>,
+    pub gallery_ids: Vec<usize>,
+    pub exclusion: PairExclusion,
+    pub labels: Option<(Vec<i64>, Vec<i64>)>,
+}
+
+impl Prepared {
+    pub fn new(embeddings: &Tensor, info: &QueryGalleryInfo) -> Result<Self> {
+        info.validate()?;
+        let e = check_embeddings("embeddings", embeddings)?;
+        let n = e.dims()[0];
+        if n != info.len() {
+            return Err(Error::Msg(format!(
+                "{n} embeddings for {} items; row i of the embeddings must be item i",
+                info.len()
+            )));
+        }
+        let query_ids = info.query_ids();
+        let gallery_ids = info.gallery_ids();
+        if query_ids.is_empty() || gallery_ids.is_empty() {
+            return Err(Error::Msg(format!(
+                "{} queries and {} gallery items; retrieval needs at least one of each",
+                query_ids.len(),
+                gallery_ids.len()
+            )));
+        }
+        let index = |ids: &[usize]| -> Result<Tensor> {
+            let idx = Tensor::from_vec(
+                ids.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                ids.len(),
+                e.device(),
+            )?;
+            Ok(e.index_select(&idx, 0)?)
+        };
+        let exclusion = PairExclusion {
+            items: Some((query_ids.clone(), gallery_ids.clone())),
+            sequences: info.sequences.as_ref().map(|s| {
+                let pick = |ids: &[usize]| ids.iter().map(|&i| s[i].clone()).collect::<Vec<_>>();
+                sequence_codes(&pick(&query_ids), &pick(&gallery_ids))
+            }),
+        };
+        let labels = info.labels.as_ref().map(|l| {
+            (
+                query_ids.iter().map(|&i| l[i]).collect::<Vec<_>>(),
+                gallery_ids.iter().map(|&i| l[i]).collect::<Vec<_>>(),
+            )
+        });
+        Ok(Prepared {
+            queries: index(&query_ids)?,
+            gallery: index(&gallery_ids)?,
+            query_ids,
+            gallery_ids,
+            exclusion,
+            labels,
+        })
+    }
+}
+
+/// Codes of sequence values shared by the two sides (equal values, equal codes).
+fn sequence_codes(query: &[String], gallery: &[String]) -> (Vec<u32>, Vec<u32>) {
+    let mut codes: HashMap<&str, u32> = HashMap::new();
+    for s in query.iter().chain(gallery) {
+        let next = codes.len() as u32;
+        codes.entry(s.as_str()).or_insert(next);
+    }
+    let code = |s: &String| codes.get(s.as_str()).copied().unwrap_or(u32::MAX);
+    (
+        query.iter().map(code).collect(),
+        gallery.iter().map(code).collect(),
+    )
+}
+
+/// Ground truths of every query: explicit lists, or derived from labels (so that memory stays
+/// `O(gallery)` however many positives there are).
+#[derive(Debug, Clone)]
+pub(crate) enum GroundTruth {
+    /// Sorted gallery indices per query.
+    Explicit(Vec<Vec<usize>>),
+    /// Every non-excluded gallery item with the query's label.
+    Labels {
+        query_labels: Vec<i64>,
+        gallery_labels: Vec<i64>,
+        by_label: HashMap<i64, Vec<usize>>,
+        n_gt: Vec<usize>,
+        exclusion: PairExclusion,
+    },
+}
+
+#[derive(Debug)]
+struct Inner {
+    distances: Vec<Vec<f32>>,
+    retrieved: Vec<Vec<usize>>,
+    gt: Option<GroundTruth>,
+    query_ids: Option<Vec<usize>>,
+    gallery_ids: Option<Vec<usize>>,
+    query_categories: Option<Vec<String>>,
+}
+
+/// Per query, its retrieved gallery items (indices into the gallery, distances ascending, ties by
+/// gallery index) and its ground truths. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RetrievalResults {
+    inner: Arc<Inner>,
+}
+
+impl RetrievalResults {
+    /// From explicit lists (as OML's `RetrievalResults(distances, retrieved_ids, gt_ids)`): per query
+    /// its distances (ascending), retrieved gallery indices (distinct) and, optionally, its ground
+    /// truth gallery indices.
+    pub fn new(
+        distances: Vec<Vec<f32>>,
+        retrieved_ids: Vec<Vec<usize>>,
+        gt_ids: Option<Vec<Vec<usize>>>,
+    ) -> Result<Self> {
+        if distances.len() != retrieved_ids.len() {
+            return Err(Error::Msg(format!(
+                "{} distance lists but {} retrieved lists",
+                distances.len(),
+                retrieved_ids.len()
+            )));
+        }
+        for (q, (d, r)) in distances.iter().zip(&retrieved_ids).enumerate() {
+            if d.len() != r.len() {
+                return Err(Error::Msg(format!(
+                    "query {q}: {} distances but {} retrieved ids",
+                    d.len(),
+                    r.len()
+                )));
+            }
+            if d.windows(2).any(|w| w[1] < w[0] || w[0].is_nan()) {
+                return Err(Error::Msg(format!(
+                    "query {q}: distances are not sorted ascending"
+                )));
+            }
+            let mut seen = r.clone();
+            seen.sort_unstable();
+            if seen.windows(2).any(|w| w[0] == w[1]) {
+                return Err(Error::Msg(format!(
+                    "query {q}: a gallery item is retrieved twice"
+                )));
+            }
+        }
+        let gt = match gt_ids {
+            Some(gt) => {
+                if gt.len() != distances.len() {
+                    return Err(Error::Msg(format!(
+                        "{} ground-truth lists for {} queries",
+                        gt.len(),
+                        distances.len()
+                    )));
+                }
+                Some(GroundTruth::Explicit(
+                    gt.into_iter()
+                        .map(|mut g| {
+                            g.sort_unstable();
+                            g.dedup();
+                            g
+                        })
+                        .collect(),
+                ))
+            }
+            None => None,
+        };
+        Ok(RetrievalResults {
+            inner: Arc::new(Inner {
+                distances,
+                retrieved: retrieved_ids,
+                gt,
+                query_ids: None,
+                gallery_ids: None,
+                query_categories: None,
+            }),
+        })
+    }
+
+    /// Retrieval over one set of items (OML's `from_embeddings`): `embeddings` is `[N, D]`, row `i`
+    /// the item `i` of `info`; queries and galleries are the items flagged so. An item never
+    /// retrieves itself; items of the query's sequence are excluded from results and ground truths.
+    pub fn from_embeddings(
+        embeddings: &Tensor,
+        info: &QueryGalleryInfo,
+        config: &SearchConfig,
+    ) -> Result<Self> {
+        let p = Prepared::new(embeddings, info)?;
+        let categories = info
+            .categories
+            .as_ref()
+            .map(|c| p.query_ids.iter().map(|&i| c[i].clone()).collect());
+        Self::search(
+            &p.queries,
+            &p.gallery,
+            p.labels,
+            p.exclusion,
+            categories,
+            Some((p.query_ids, p.gallery_ids)),
+            config,
+        )
+    }
+
+    /// Retrieval of separate query and gallery sets (OML's `from_embeddings_qg`): nothing is
+    /// excluded as "itself"; sequence ids, when both sides have them, are compared by value.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_embeddings_qg(
+        queries: &Tensor,
+        gallery: &Tensor,
+        query_labels: Option<&[i64]>,
+        gallery_labels: Option<&[i64]>,
+        query_sequences: Option<&[String]>,
+        gallery_sequences: Option<&[String]>,
+        query_categories: Option<&[String]>,
+        config: &SearchConfig,
+    ) -> Result<Self> {
+        let q = check_embeddings("query embeddings", queries)?;
+        let g = check_embeddings("gallery embeddings", gallery)?;
+        let (nq, ng) = (q.dims()[0], g.dims()[0]);
+        let check_len = |name: &str, len: Option<usize>, n: usize| match len {
+            Some(l) if l != n => Err(Error::Msg(format!(
+                "{name} has {l} values for {n} embeddings"
+            ))),
+            _ => Ok(()),
+        };
+        check_len("query_labels", query_labels.map(<[i64]>::len), nq)?;
+        check_len("gallery_labels", gallery_labels.map(<[i64]>::len), ng)?;
+        check_len("query_sequences", query_sequences.map(<[String]>::len), nq)?;
+        check_len(
+            "gallery_sequences",
+            gallery_sequences.map(<[String]>::len),
+            ng,
+        )?;
+        check_len(
+            "query_categories",
+            query_categories.map(<[String]>::len),
+            nq,
+        )?;
+        let exclusion = PairExclusion {
+            items: None,
+            sequences: match (query_sequences, gallery_sequences) {
+                (Some(a), Some(b)) => Some(sequence_codes(a, b)),
+                _ => None,
+            },
+        };
+        let labels = match (query_labels, gallery_labels) {
+            (Some(a), Some(b)) => Some((a.to_vec(), b.to_vec())),
+            _ => None,
+        };
+        Self::search(
+            &q,
+            &g,
+            labels,
+            exclusion,
+            query_categories.map(<[String]>::to_vec),
+            None,
+            config,
+        )
+    }
+
+    fn search(
+        q: &Tensor,
+        g: &Tensor,
+        labels: Option<(Vec<i64>, Vec<i64>)>,
+        exclusion: PairExclusion,
+        query_categories: Option<Vec<String>>,
+        ids: Option<(Vec<usize>, Vec<usize>)>,
+        config: &SearchConfig,
+    ) -> Result<Self> {
+        let found = knn(q, g, config, &exclusion)?;
+        let (distances, retrieved) = found.into_iter().unzip();
+        let gt = labels.map(|(query_labels, gallery_labels)| {
+            let mut by_label: HashMap<i64, Vec<usize>> = HashMap::new();
+            for (j, &l) in gallery_labels.iter().enumerate() {
+                by_label.entry(l).or_default().push(j);
+            }
+            let n_gt = query_labels
+                .iter()
+                .enumerate()
+                .map(|(qi, l)| {
+                    by_label.get(l).map_or(0, |gs| {
+                        gs.iter().filter(|&&gj| !exclusion.excluded(qi, gj)).count()
+                    })
+                })
+                .collect();
+            GroundTruth::Labels {
+                query_labels,
+                gallery_labels,
+                by_label,
+                n_gt,
+                exclusion,
+            }
+        });
+        let (query_ids, gallery_ids) = match ids {
+            Some((q, g)) => (Some(q), Some(g)),
+            None => (None, None),
+        };
+        Ok(RetrievalResults {
+            inner: Arc::new(Inner {
+                distances,
+                retrieved,
+                gt,
+                query_ids,
+                gallery_ids,
+                query_categories,
+            }),
+        })
+    }
+
+    /// A copy with other retrieved lists (postprocessing), same ground truths and ids.
+    pub(crate) fn with_lists(
+        &self,
+        distances: Vec<Vec<f32>>,
+        retrieved: Vec<Vec<usize>>,
+    ) -> Result<Self> {
+        let check = RetrievalResults::new(distances, retrieved, None)?;
+        let inner = Arc::try_unwrap(check.inner)
+            .map_err(|_| Error::Msg("internal: shared results".into()))?;
+        Ok(RetrievalResults {
+            inner: Arc::new(Inner {
+                distances: inner.distances,
+                retrieved: inner.retrieved,
+                gt: self.inner.gt.clone(),
+                query_ids: self.inner.query_ids.clone(),
+                gallery_ids: self.inner.gallery_ids.clone(),
+                query_categories: self.inner.query_categories.clone(),
+            }),
+        })
+    }
+
+    /// The same results with a category per query (for metrics per category).
+    pub fn with_query_categories(&self, categories: Vec<String>) -> Result<Self> {
+        if categories.len() != self.n_queries() {
+            return Err(Error::Msg(format!(
+                "{} categories for {} queries",
+                categories.len(),
+                self.n_queries()
+            )));
+        }
+        Ok(RetrievalResults {
+            inner: Arc::new(Inner {
+                distances: self.inner.distances.clone(),
+                retrieved: self.inner.retrieved.clone(),
+                gt: self.inner.gt.clone(),
+                query_ids: self.inner.query_ids.clone(),
+                gallery_ids: self.inner.gallery_ids.clone(),
+                query_categories: Some(categories),
+            }),
+        })
+    }
+
+    /// Number of queries.
+    pub fn n_queries(&self) -> usize {
+        self.inner.distances.len()
+    }
+
+    /// Distances of query `q`'s results, ascending.
+    pub fn distances(&self, q: usize) -> &[f32] {
+        &self.inner.distances[q]
+    }
+
+    /// Gallery indices retrieved for query `q`, nearest first.
+    pub fn retrieved_ids(&self, q: usize) -> &[usize] {
+        &self.inner.retrieved[q]
+    }
+
+    /// All distance lists.
+    pub fn all_distances(&self) -> &[Vec<f32>] {
+        &self.inner.distances
+    }
+
+    /// All retrieved lists.
+    pub fn all_retrieved_ids(&self) -> &[Vec<usize>] {
+        &self.inner.retrieved
+    }
+
+    /// Whether ground truths are known (labels were given).
+    pub fn has_ground_truth(&self) -> bool {
+        self.inner.gt.is_some()
+    }
+
+    /// Number of ground truths of query `q` (0 without labels).
+    pub fn n_gt(&self, q: usize) -> usize {
+        match &self.inner.gt {
+            None => 0,
+            Some(GroundTruth::Explicit(gt)) => gt[q].len(),
+            Some(GroundTruth::Labels { n_gt, .. }) => n_gt[q],
+        }
+    }
+
+    /// Ground-truth gallery indices of query `q`, ascending (empty without labels).
+    pub fn gt_ids(&self, q: usize) -> Vec<usize> {
+        match &self.inner.gt {
+            None => Vec::new(),
+            Some(GroundTruth::Explicit(gt)) => gt[q].clone(),
+            Some(GroundTruth::Labels {
+                query_labels,
+                by_label,
+                exclusion,
+                ..
+            }) => by_label
+                .get(&query_labels[q])
+                .map(|gs| {
+                    gs.iter()
+                        .copied()
+                        .filter(|&g| !exclusion.excluded(q, g))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether gallery item `g` is a ground truth of query `q`.
+    pub fn is_gt(&self, q: usize, g: usize) -> bool {
+        match &self.inner.gt {
+            None => false,
+            Some(GroundTruth::Explicit(gt)) => gt[q].binary_search(&g).is_ok(),
+            Some(GroundTruth::Labels {
+                query_labels,
+                gallery_labels,
+                exclusion,
+                ..
+            }) => query_labels[q] == gallery_labels[g] && !exclusion.excluded(q, g),
+        }
+    }
+
+    /// Per retrieved position of query `q`: whether it is a ground truth.
+    pub fn hits(&self, q: usize) -> Vec<bool> {
+        self.inner.retrieved[q]
+            .iter()
+            .map(|&g| self.is_gt(q, g))
+            .collect()
+    }
+
+    /// Category of every query, when known.
+    pub fn query_categories(&self) -> Option<&[String]> {
+        self.inner.query_categories.as_deref()
+    }
+
+    /// Item ids (rows of the embeddings) of the queries, when built by [`Self::from_embeddings`].
+    pub fn query_item_ids(&self) -> Option<&[usize]> {
+        self.inner.query_ids.as_deref()
+    }
+
+    /// Item ids of the gallery, when built by [`Self::from_embeddings`].
+    pub fn gallery_item_ids(&self) -> Option<&[usize]> {
+        self.inner.gallery_ids.as_deref()
+    }
+
+    /// Whether no query retrieved anything.
+    pub fn is_empty(&self) -> bool {
+        self.inner.retrieved.iter().all(Vec::is_empty)
+    }
+
+    /// The per-query results as JSON: `[{query, retrieved, distances, is_gt, n_gt, gt}]`. Items are
+    /// named by `names[item id]` when given, else by item id (gallery index when item ids are
+    /// unknown); `gt` lists at most `max_gt` ground truths.
+    pub fn to_json(&self, names: Option<&[String]>, max_gt: usize) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct Row {
+            query: serde_json::Value,
+            retrieved: Vec<serde_json::Value>,
+            distances: Vec<f32>,
+            is_gt: Vec<bool>,
+            n_gt: usize,
+            gt: Vec<serde_json::Value>,
+        }
+        let name = |item: usize| -> serde_json::Value {
+            match names.and_then(|n| n.get(item)) {
+                Some(s) => serde_json::Value::String(s.clone()),
+                None => serde_json::Value::from(item),
+            }
+        };
+        let gallery_item = |g: usize| self.inner.gallery_ids.as_ref().map_or(g, |ids| ids[g]);
+        let rows: Vec<Row> = (0..self.n_queries())
+            .map(|q| Row {
+                query: name(self.inner.query_ids.as_ref().map_or(q, |ids| ids[q])),
+                retrieved: self.inner.retrieved[q]
+                    .iter()
+                    .map(|&g| name(gallery_item(g)))
+                    .collect(),
+                distances: self.inner.distances[q].clone(),
+                is_gt: self.hits(q),
+                n_gt: self.n_gt(q),
+                gt: self
+                    .gt_ids(q)
+                    .into_iter()
+                    .take(max_gt)
+                    .map(|g| name(gallery_item(g)))
+                    .collect(),
+            })
+            .collect();
+        serde_json::to_value(rows).unwrap_or(serde_json::Value::Null)
+    }
+}
