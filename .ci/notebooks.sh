@@ -8,7 +8,7 @@ cache="${OML_CI_CACHE:-$HOME/.cache/oml-ci}"
 mkdir -p "$cache"
 
 if ! command -v evcxr_jupyter >/dev/null; then
-  cargo install evcxr_jupyter --version 0.22.0 --locked
+  cargo install evcxr_jupyter --version 0.22.0 --locked --target-dir "$cache/evcxr-install-target"
 fi
 venv="$cache/jupyter-venv"
 if [ ! -x "$venv/bin/jupyter-nbconvert" ]; then

@@ -582,3 +582,154 @@ fn bicubic_resize_matches_pillow_within_one_level_on_average() {
         assert!(max <= 32, "{} -> {w}x{h}: max |diff| {max}", case["input"]);
     }
 }
+
+/// OML's `tests/test_oml/test_utils/test_dataframe_format.py`, case by case, on a mock frame like
+/// OML's mock dataset (train rows, validation rows, boxes on every row). Each mutation must give at
+/// least one error with a line and a column; the valid frames must pass.
+#[test]
+fn oml_dataframe_format_test_cases() {
+    let fx = Fixture::new();
+    let header = [
+        "label",
+        "path",
+        "split",
+        "is_query",
+        "is_gallery",
+        "x_1",
+        "x_2",
+        "y_1",
+        "y_2",
+    ];
+    let mock: Vec<Vec<String>> = (0..10)
+        .map(|i| {
+            let val = i >= 4;
+            let flag = |v: bool| {
+                if val {
+                    if v { "True" } else { "False" }
+                } else {
+                    ""
+                }
+                .to_owned()
+            };
+            vec![
+                (i / 2).to_string(),
+                format!("img/{i}.png"),
+                if val { "validation" } else { "train" }.to_owned(),
+                flag(true),
+                flag(i != 5),
+                "1".into(),
+                "15".into(),
+                "2".into(),
+                "12".into(),
+            ]
+        })
+        .collect();
+    let render = |cols: &[&str], rows: &[Vec<String>]| -> String {
+        let keep: Vec<usize> = header
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| cols.contains(h))
+            .map(|(i, _)| i)
+            .collect();
+        let mut text = keep
+            .iter()
+            .map(|&i| header[i])
+            .collect::<Vec<_>>()
+            .join(",")
+            + "\n";
+        for r in rows {
+            text.push_str(
+                &(keep
+                    .iter()
+                    .map(|&i| r[i].clone())
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    + "\n"),
+            );
+        }
+        text
+    };
+    let all: Vec<&str> = header.to_vec();
+    let no_box: Vec<&str> = header[..5].to_vec();
+    let ok = |text: String, what: &str| {
+        let report = check_csv(&fx.csv(&text), &CheckOptions::default()).expect("read");
+        assert!(report.is_ok(), "{what}: {:?}", report.problems);
+    };
+    let bad = |text: String, what: &str| {
+        let errs = errors(&fx, &text);
+        assert!(!errs.is_empty(), "{what}: no error");
+        assert!(
+            errs.iter().all(|e| e.contains("column ")),
+            "{what}: {errs:?}"
+        );
+    };
+    // test_mock_df_is_valid, test_independent_splits
+    ok(render(&all, &mock), "mock");
+    ok(render(&no_box, &mock), "mock without boxes");
+    ok(render(&all, &mock[..4]), "train only");
+    ok(render(&all, &mock[4..]), "validation only");
+    // test_no_obligatory_cols
+    for col in ["label", "split", "is_query", "is_gallery"] {
+        let cols: Vec<&str> = no_box.iter().copied().filter(|c| *c != col).collect();
+        bad(render(&cols, &mock), &format!("without {col}"));
+    }
+    let set = |row: usize, col: usize, v: &str| {
+        let mut rows = mock.clone();
+        rows[row][col] = v.to_owned();
+        rows
+    };
+    // test_wrong_splits
+    bad(render(&all, &set(0, 2, "8c0e6a4e-uuid")), "wrong split");
+    // test_train_qg_not_none
+    bad(render(&all, &set(0, 3, "1")), "train is_query = 1");
+    bad(render(&all, &set(0, 4, "2")), "train is_gallery = 2");
+    // test_val_qg_only_bool
+    bad(render(&all, &set(4, 3, "asd")), "val is_query = asd");
+    bad(render(&all, &set(4, 4, "123")), "val is_gallery = 123");
+    bad(render(&all, &set(4, 4, "")), "val is_gallery = None");
+    // test_q_without_g: a query-only row (row 5) gets a label no gallery has.
+    bad(render(&all, &set(5, 0, "99")), "query without gallery");
+    // test_images_not_found
+    let report = check_csv(
+        &fx.csv(&render(&all, &mock)),
+        &CheckOptions {
+            dataset_root: Some(fx.root().join("0b7c-uuid")),
+            ..CheckOptions::default()
+        },
+    )
+    .expect("read");
+    assert_eq!(
+        report.errors().count(),
+        10,
+        "every image missing under another root"
+    );
+    // test_not_enough_bbox_columns
+    for col in ["x_1", "x_2", "y_1", "y_2"] {
+        let cols: Vec<&str> = all.iter().copied().filter(|c| *c != col).collect();
+        bad(render(&cols, &mock), &format!("without {col}"));
+    }
+    // test_all_coords_none
+    let mut rows = mock.clone();
+    rows.iter_mut()
+        .for_each(|r| r[5..].iter_mut().for_each(|v| v.clear()));
+    ok(render(&all, &rows), "all boxes empty");
+    // test_all_coords_not_none
+    for col in 5..9 {
+        let mut rows = mock.clone();
+        rows.iter_mut().for_each(|r| r[col].clear());
+        bad(
+            render(&all, &rows),
+            &format!("{} empty on every row", header[col]),
+        );
+    }
+    // test_not_empty_bbox
+    bad(render(&all, &set(0, 6, "1")), "x_1 = x_2");
+    bad(render(&all, &set(1, 7, "13")), "y_1 = y_2 + 1");
+    // test_not_negative_coords
+    for col in 5..9 {
+        bad(
+            render(&all, &set(col - 5, col, "-1")),
+            &format!("{} = -1", header[col]),
+        );
+    }
+}

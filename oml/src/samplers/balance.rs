@@ -152,6 +152,47 @@ mod tests {
         assert_ne!(a.batches(3), a.batches(4));
     }
 
+    /// OML's `test_balance.py` invariants on 100 random cases (2-30 labels of 2-10 samples,
+    /// n_labels in [2, max(2, L / 5)], n_instances in [2, max count]).
+    #[test]
+    fn oml_random_invariants() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+        for case in 0..100 {
+            let n_labels_total = rng.random_range(2..=30);
+            let counts: Vec<usize> = (0..n_labels_total)
+                .map(|_| rng.random_range(2..=10))
+                .collect();
+            let labels = labels(&counts);
+            let n_labels = rng.random_range(2..=(n_labels_total / 5).max(2));
+            let n_instances = rng.random_range(2..=*counts.iter().max().expect("counts"));
+            let s = BalanceSampler::new(&labels, n_labels, n_instances)
+                .expect("sampler")
+                .with_seed(case);
+            let epoch = s.batches(0);
+            assert_eq!(s.len(), n_labels_total / n_labels);
+            assert_eq!(epoch.len(), s.len());
+            let mut seen = HashSet::new();
+            let mut total = 0;
+            for batch in &epoch {
+                total += batch.len();
+                assert_eq!(batch.len(), n_labels * n_instances);
+                assert!(batch.iter().collect::<HashSet<_>>().len() >= 4);
+                let mut per_label: HashMap<usize, usize> = HashMap::new();
+                for &i in batch {
+                    *per_label.entry(labels[i]).or_default() += 1;
+                }
+                assert_eq!(per_label.len(), n_labels);
+                assert!(per_label.values().all(|&c| c == n_instances));
+                for l in per_label.keys() {
+                    assert!(seen.insert(*l), "label {l} in two batches of one epoch");
+                }
+            }
+            assert!(n_labels_total - n_labels < seen.len() && seen.len() <= n_labels_total);
+            assert_eq!(total, s.len() * n_labels * n_instances);
+        }
+    }
+
     #[test]
     fn bad_parameters_name_the_parameter() {
         let labels = labels(&[3, 3, 1]);
