@@ -83,8 +83,8 @@ impl Ord for Candidate {
     }
 }
 
-/// Checks a `[N, D]` `f32`-convertible tensor for shape and finiteness; returns it as `f32` on
-/// its device.
+/// Checks a `[N, D]` `f32`-convertible tensor for shape and finiteness (block by block, so memory
+/// stays bounded); returns it as a contiguous `f32` tensor on its device.
 pub(crate) fn check_embeddings(name: &str, e: &Tensor) -> Result<Tensor> {
     let dims = e.dims();
     if dims.len() != 2 || dims[1] == 0 {
@@ -92,16 +92,25 @@ pub(crate) fn check_embeddings(name: &str, e: &Tensor) -> Result<Tensor> {
             "{name}: expected a [N, D] matrix of embeddings, got shape {dims:?}"
         )));
     }
-    let e = e.to_dtype(DType::F32)?;
-    let bad = e.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-    if let Some(pos) = bad.iter().position(|v| !v.is_finite()) {
-        return Err(Error::Msg(format!(
-            "{name}: embedding {} has a NaN or infinite value (at dimension {}); check the model's output",
-            pos / dims[1],
-            pos % dims[1]
-        )));
+    let (n, d) = (dims[0], dims[1]);
+    let e = e.to_dtype(DType::F32)?.contiguous()?;
+    const ROWS: usize = 4096;
+    for r0 in (0..n).step_by(ROWS) {
+        let rows = ROWS.min(n - r0);
+        let block: Vec<f32> = e
+            .narrow(0, r0, rows)?
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1()?;
+        if let Some(pos) = block.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Msg(format!(
+                "{name}: embedding {} has a NaN or infinite value (at dimension {}); check the model's output",
+                r0 + pos / d,
+                pos % d
+            )));
+        }
     }
-    Ok(e.contiguous()?)
+    Ok(e)
 }
 
 /// The `top_n` nearest gallery rows of every query row, ascending by distance, then by gallery
