@@ -20,10 +20,14 @@ export JUPYTER_DATA_DIR="$cache/jupyter"
 evcxr_jupyter --install >/dev/null
 
 # evcxr compiles each notebook's crate in its own folder: a fixed one lets later notebooks (and
-# later runs) reuse it; no optimisation keeps the cold compile short.
-export EVCXR_TMPDIR="$cache/evcxr-tmp"
+# later runs) reuse it; no optimisation keeps the cold compile short. Not under $HOME: rustc writes a
+# relative rpath to the toolchain's libstd that is off by one level for the library evcxr loads
+# when both share the /root prefix ("dlopen failed"); the library path below is a second guard.
+export EVCXR_TMPDIR="${OML_EVCXR_TMPDIR:-/var/tmp/oml-evcxr}"
+export LD_LIBRARY_PATH="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export EVCXR_CONFIG_DIR="$cache/evcxr-config"
 mkdir -p "$EVCXR_TMPDIR" "$EVCXR_CONFIG_DIR"
+printf '[evcxr]\nopt_level = "0"\n' > "$EVCXR_CONFIG_DIR/evcxr.toml"
 printf ':opt 0\n' > "$EVCXR_CONFIG_DIR/init.evcxr"
 
 out="$cache/executed"
@@ -31,7 +35,8 @@ mkdir -p "$out"
 for nb in notebooks/*.ipynb; do
   name=$(basename "$nb" .ipynb)
   t0=$(date +%s)
-  (cd notebooks && "$venv/bin/jupyter-nbconvert" --to notebook --execute \
+  # cargo must write where evcxr loads from: no inherited target dir.
+  (cd notebooks && env -u CARGO_TARGET_DIR "$venv/bin/jupyter-nbconvert" --to notebook --execute \
      --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=rust \
      "$name.ipynb" --output "$out/$name.ipynb")
   "$venv/bin/python" .ci/check_notebook.py "$out/$name.ipynb"
