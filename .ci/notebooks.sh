@@ -3,7 +3,6 @@
 # error or a notebook without a rich (image or HTML) output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 cache="${OML_CI_CACHE:-$HOME/.cache/oml-ci}"
 mkdir -p "$cache"
 

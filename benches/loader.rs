@@ -33,7 +33,8 @@ fn main() {
     std::fs::write(&csv, text).expect("write csv");
     let dataset = ImageQueryGalleryDataset::from_csv(&csv, None).expect("dataset");
     let transform = Transform::preset("norm_resize_torch", 224).expect("preset");
-    let loader = ImageLoader::new(Arc::new(dataset), transform, LoaderConfig::default());
+    let loader =
+        ImageLoader::new(Arc::new(dataset), transform, LoaderConfig::default()).expect("loader");
     let batches: Vec<Vec<usize>> = (0..files.len())
         .collect::<Vec<_>>()
         .chunks(32)

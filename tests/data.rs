@@ -463,7 +463,8 @@ fn sampler_and_loader_make_deterministic_batches() {
         cache: true,
         ..LoaderConfig::default()
     };
-    let loader = ImageLoader::new(Arc::new(train.clone()), transform.clone(), config.clone());
+    let loader = ImageLoader::new(Arc::new(train.clone()), transform.clone(), config.clone())
+        .expect("loader");
     let first: Vec<_> = loader
         .iter(batches.clone(), 0)
         .collect::<oml::Result<_>>()
@@ -479,7 +480,8 @@ fn sampler_and_loader_make_deterministic_batches() {
             prefetch: 0,
             ..config
         },
-    );
+    )
+    .expect("loader");
     let second: Vec<_> = loader2
         .iter(batches, 0)
         .collect::<oml::Result<_>>()
@@ -520,7 +522,8 @@ fn missing_image_in_a_batch_is_an_error_naming_it() {
         Arc::new(train),
         Transform::preset("norm_resize_torch", 16).expect("preset"),
         LoaderConfig::default(),
-    );
+    )
+    .expect("loader");
     let results: Vec<_> = loader.iter(vec![vec![0, 1], vec![2, 3]], 0).collect();
     let err = results[0].as_ref().map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("img/1.png"), "{err}");
@@ -732,4 +735,79 @@ fn oml_dataframe_format_test_cases() {
             &format!("{} = -1", header[col]),
         );
     }
+}
+
+#[test]
+fn invalid_transform_parameters_are_errors_not_panics() {
+    use oml::data::{Interpolation, Op};
+    let fx = Fixture::new();
+    let train = ImageLabeledDataset::from_csv(fx.csv(GOOD), None).expect("train");
+    let bad_ops = [
+        Op::LongestSidePad {
+            size: 0,
+            fill: [255; 3],
+            interpolation: Interpolation::Bilinear,
+        },
+        Op::RandomResizedCrop {
+            height: 8,
+            width: 8,
+            scale: (0.9, 0.1),
+            ratio: (0.75, 1.33),
+            interpolation: Interpolation::Bicubic,
+        },
+        Op::RandomResizedCrop {
+            height: 8,
+            width: 8,
+            scale: (0.2, 1.0),
+            ratio: (0.0, 1.33),
+            interpolation: Interpolation::Bicubic,
+        },
+        Op::ColorJitter {
+            brightness: f32::NAN,
+            contrast: 0.0,
+            saturation: 0.0,
+            hue: 0.0,
+            p: 1.0,
+        },
+        Op::HorizontalFlip { p: 2.0 },
+    ];
+    for op in bad_ops {
+        let t = Transform {
+            name: "bad".into(),
+            ops: vec![op.clone()],
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let err = ImageLoader::new(Arc::new(train.clone()), t.clone(), LoaderConfig::default());
+        assert!(err.is_err(), "{op:?}");
+        // Applied directly (never validated) it must not panic either.
+        let img = image::RgbImage::from_pixel(20, 16, image::Rgb([10, 20, 30]));
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        let _ = t.apply(&img, &mut rng);
+    }
+}
+
+#[test]
+fn repeated_columns_and_unreadable_labels_give_one_error_each() {
+    let fx = Fixture::new();
+    let text = "label,path,split,is_query,is_gallery,label
+0,img/0.png,validation,True,True,1
+0,img/1.png,validation,True,True,1
+";
+    assert_error(
+        &fx,
+        text,
+        &["line 1: column label: column appears more than once"],
+    );
+    let text = "label,path,split,is_query,is_gallery
+x,img/0.png,validation,True,True
+0,img/1.png,validation,True,True
+0,img/2.png,validation,True,True
+";
+    let errs = errors(&fx, text);
+    assert_eq!(
+        errs.len(),
+        1,
+        "no follow-on error for the unreadable label: {errs:?}"
+    );
 }

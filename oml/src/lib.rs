@@ -13,7 +13,7 @@
 //! let train = ImageLabeledDataset::from_csv(&summary.csv, Some("data/glyphs".as_ref()))?;
 //! let sampler = BalanceSampler::new(train.labels(), 8, 4)?.with_seed(0);
 //! let transform = Transform::preset("augs_hypvit_torch", 64)?;
-//! let loader = ImageLoader::new(std::sync::Arc::new(train.clone()), transform, LoaderConfig::default());
+//! let loader = ImageLoader::new(std::sync::Arc::new(train.clone()), transform, LoaderConfig::default())?;
 //! for batch in loader.iter(sampler.batches(0), 0) {
 //!     let batch = batch?;
 //!     println!("{:?}", batch.images.shape()); // [32, 3, 64, 64]

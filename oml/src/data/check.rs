@@ -424,13 +424,16 @@ pub fn check_table(raw: &RawTable, path: &Path, options: &CheckOptions) -> Check
             );
         }
     }
-    let mut seen = HashSet::new();
+    // polars renames a repeated header `label` to `label_duplicated_0`, ...
     for name in &raw.names {
-        if !seen.insert(name.as_str()) {
+        if let Some((stem, n)) = name.rsplit_once("_duplicated_")
+            && n.parse::<usize>().is_ok()
+            && raw.has(stem)
+        {
             c.error(
                 Some(1),
-                Some(name),
-                "column appears twice; column names must be unique".to_owned(),
+                Some(stem),
+                "column appears more than once; column names must be unique".to_owned(),
             );
         }
     }
@@ -458,19 +461,23 @@ pub fn check_table(raw: &RawTable, path: &Path, options: &CheckOptions) -> Check
             }
         }
     }
+    let mut label_ok = vec![true; n];
     if let Some(col) = raw.column(LABELS_COLUMN) {
         let mut labels = vec![0i64; n];
         for (i, v) in col.iter().enumerate() {
             match v.as_deref().map(parse_integer) {
                 Some(Some(l)) => labels[i] = l,
-                other => c.error(
+                other => {
+                    label_ok[i] = false;
+                    c.error(
                     Some(line(i)),
                     Some(LABELS_COLUMN),
                     format!(
                         "{} is not an integer label; labels are integers (ids of the identities)",
                         shown(other.and(v.as_deref()))
                     ),
-                ),
+                    )
+                }
             }
         }
         table.labels = Some(labels);
@@ -609,7 +616,9 @@ pub fn check_table(raw: &RawTable, path: &Path, options: &CheckOptions) -> Check
     }
     let mut queries_without_positives = 0;
     if let Some(labels) = &table.labels {
-        queries_without_positives = check_positives(&table, labels, &mut c);
+        // Rows whose label or split could not be read are left out of the rules across rows.
+        let usable: Vec<bool> = (0..n).map(|i| label_ok[i] && split_ok[i]).collect();
+        queries_without_positives = check_positives(&table, labels, &usable, &mut c);
         if let Some(categories) = &table.categories {
             let mut first: HashMap<i64, usize> = HashMap::new();
             let mut reported = HashSet::new();
@@ -766,11 +775,11 @@ fn check_boxes(raw: &RawTable, c: &mut Checker) -> Vec<Option<BBox>> {
 
 /// Errors for queries whose label has no gallery item; warnings for queries left without a
 /// positive once themselves and their sequence mates are excluded. Returns that count.
-fn check_positives(table: &SampleTable, labels: &[i64], c: &mut Checker) -> usize {
+fn check_positives(table: &SampleTable, labels: &[i64], usable: &[bool], c: &mut Checker) -> usize {
     let mut galleries_per_label: HashMap<i64, usize> = HashMap::new();
     let mut galleries_per_label_seq: HashMap<(i64, &str), usize> = HashMap::new();
     for i in 0..table.len() {
-        if table.splits[i] == Split::Validation && table.is_gallery[i] {
+        if usable[i] && table.splits[i] == Split::Validation && table.is_gallery[i] {
             *galleries_per_label.entry(labels[i]).or_default() += 1;
             if let Some(seq) = &table.sequences {
                 *galleries_per_label_seq
@@ -781,7 +790,7 @@ fn check_positives(table: &SampleTable, labels: &[i64], c: &mut Checker) -> usiz
     }
     let mut without = 0;
     for i in 0..table.len() {
-        if table.splits[i] != Split::Validation || !table.is_query[i] {
+        if !usable[i] || table.splits[i] != Split::Validation || !table.is_query[i] {
             continue;
         }
         let all = galleries_per_label.get(&labels[i]).copied().unwrap_or(0);

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use image::GrayImage;
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -140,13 +139,11 @@ pub fn convert_image_folder(
             ),
         });
     }
-    let n_val = ((classes.len() as f64) * val_labels_fraction).round() as usize;
-    let mut order: Vec<usize> = (0..classes.len()).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let mut is_val = vec![false; classes.len()];
-    for &i in order.iter().take(n_val) {
-        is_val[i] = true;
-    }
+    let is_val = super::glyphs::split_labels(
+        classes.len(),
+        val_labels_fraction,
+        &mut ChaCha8Rng::seed_from_u64(seed),
+    );
     let mut rows = Vec::new();
     let mut names = Vec::new();
     for (label, (name, images)) in classes.iter().enumerate() {

@@ -242,13 +242,29 @@ fn render(font: &FontArc, c: char, size: u32) -> Option<GrayImage> {
     None
 }
 
-struct Class {
+/// A letter that may become a class: the faces that have it and its look in the reference face.
+struct Candidate {
     c: char,
     script: &'static str,
-    images: Vec<(usize, GrayImage)>,
+    faces: Vec<usize>,
+}
+
+/// The first face of `order` that draws `c`, and the drawing.
+fn first_drawing(
+    faces: &[Face],
+    order: &[usize],
+    c: char,
+    size: u32,
+) -> Option<(usize, GrayImage)> {
+    order
+        .iter()
+        .find_map(|&k| render(&faces[k].font, c, size).map(|img| (k, img)))
 }
 
 /// Writes the glyph dataset to `out`: `out/images/<label>_<codepoint>/<face>.png` and `out/df.csv`.
+///
+/// Letters are first drawn once (in the reference face) to drop look-alikes; only the classes kept
+/// (after `max_labels`) are drawn in every face and written, one class at a time.
 pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummary> {
     if !(8..=1024).contains(&config.size) {
         return Err(Error::param(
@@ -272,6 +288,10 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
         .iter()
         .position(|f| f.name == "DejaVuSans")
         .unwrap_or(0);
+    let mut order: Vec<usize> = vec![reference];
+    order.extend((0..faces.len()).filter(|&k| k != reference));
+    let min_images = config.min_images.max(2);
+    let size = config.size;
     let letters: Vec<(char, &'static str)> = SCRIPTS
         .iter()
         .flat_map(|(script, ranges)| {
@@ -283,58 +303,79 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
                 .map(move |c| (c, *script))
         })
         .collect();
-    let size = config.size;
-    let mut classes: Vec<Class> = letters
+    // Pass 1: which faces have each letter, and its drawing in the first of them.
+    let looks: Vec<Option<(Candidate, usize, Vec<u8>)>> = letters
         .par_iter()
-        .map(|&(c, script)| Class {
-            c,
-            script,
-            images: faces
-                .iter()
-                .enumerate()
-                .filter_map(|(k, f)| render(&f.font, c, size).map(|img| (k, img)))
-                .collect(),
+        .map(|&(c, script)| {
+            let have: Vec<usize> = (0..faces.len())
+                .filter(|&k| faces[k].font.glyph_id(c).0 != 0)
+                .collect();
+            if have.len() < min_images {
+                return None;
+            }
+            let (k, img) = first_drawing(&faces, &order, c, size)?;
+            Some((
+                Candidate {
+                    c,
+                    script,
+                    faces: have,
+                },
+                k,
+                img.into_raw(),
+            ))
         })
         .collect();
-    // Drop letters that look like an earlier one in the reference face (or in their first face).
+    // Drop letters that look like an earlier one in the same face.
     let mut seen: HashMap<(usize, Vec<u8>), char> = HashMap::new();
-    classes.retain(|cl| {
-        let Some((k, img)) = cl
-            .images
-            .iter()
-            .find(|(k, _)| *k == reference)
-            .or_else(|| cl.images.first())
-        else {
-            return false;
-        };
-        seen.insert((*k, img.as_raw().clone()), cl.c).is_none()
-    });
-    classes.retain(|cl| cl.images.len() >= config.min_images.max(2));
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    if let Some(max) = config.max_labels {
-        if max < 2 {
-            return Err(Error::param("max_labels", max, "at least 2 labels"));
+    let mut classes: Vec<Candidate> = Vec::new();
+    for (cand, k, raw) in looks.into_iter().flatten() {
+        if seen.insert((k, raw), cand.c).is_none() {
+            classes.push(cand);
         }
-        let mut order: Vec<usize> = (0..classes.len()).collect();
-        order.shuffle(&mut rng);
-        let mut keep: Vec<usize> = order.into_iter().take(max).collect();
-        keep.sort_unstable();
-        let mut taken: Vec<Option<Class>> = classes.into_iter().map(Some).collect();
-        classes = keep.into_iter().filter_map(|i| taken[i].take()).collect();
     }
+    // Keep letters drawn (not blank) in at least `min_images` faces: all of them, or the first
+    // `max_labels` of a seeded shuffle.
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut order: Vec<usize> = (0..classes.len()).collect();
+    let want = match config.max_labels {
+        Some(max) if max < 2 => return Err(Error::param("max_labels", max, "at least 2 labels")),
+        Some(max) => {
+            order.shuffle(&mut rng);
+            max
+        }
+        None => usize::MAX,
+    };
+    let drawable = |cand: &Candidate| {
+        cand.faces
+            .iter()
+            .filter(|&&k| render(&faces[k].font, cand.c, size).is_some())
+            .count()
+    };
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut pos = 0;
+    while chosen.len() < want && pos < order.len() {
+        let take = (want - chosen.len()).min(order.len() - pos);
+        let batch = &order[pos..pos + take];
+        pos += take;
+        chosen.extend(
+            batch
+                .par_iter()
+                .copied()
+                .filter(|&i| drawable(&classes[i]) >= min_images)
+                .collect::<Vec<_>>(),
+        );
+    }
+    chosen.sort_unstable();
+    let mut taken: Vec<Option<Candidate>> = classes.into_iter().map(Some).collect();
+    let classes: Vec<Candidate> = chosen.into_iter().filter_map(|i| taken[i].take()).collect();
     if classes.len() < 2 {
         return Err(Error::Msg(
             "these fonts give fewer than 2 letters; use the DejaVu fonts".to_owned(),
         ));
     }
-    let n_val = ((classes.len() as f64) * config.val_fraction).round() as usize;
-    let mut order: Vec<usize> = (0..classes.len()).collect();
-    order.shuffle(&mut rng);
-    let mut is_val = vec![false; classes.len()];
-    for &i in order.iter().take(n_val) {
-        is_val[i] = true;
-    }
+    let is_val = split_labels(classes.len(), config.val_fraction, &mut rng);
 
+    // Pass 2: draw each kept class in every face and write it.
     let images_dir = out.join("images");
     std::fs::create_dir_all(&images_dir)
         .map_err(|e| Error::io("cannot create folder", &images_dir, e))?;
@@ -342,12 +383,20 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
         .par_iter()
         .enumerate()
         .map(|(label, cl)| {
+            let drawings: Vec<(usize, GrayImage)> = cl
+                .faces
+                .iter()
+                .filter_map(|&k| render(&faces[k].font, cl.c, size).map(|img| (k, img)))
+                .collect();
+            if drawings.is_empty() {
+                return Ok(Vec::new());
+            }
             let folder = format!("{label:04}_U+{:04X}", cl.c as u32);
             let dir = images_dir.join(&folder);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io("cannot create folder", &dir, e))?;
             let val = is_val[label];
-            cl.images
+            drawings
                 .iter()
                 .map(|(k, img)| {
                     let file = dir.join(format!("{}.png", faces[*k].name));
@@ -368,6 +417,8 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<_>>()?;
+    let per_label: Vec<usize> = rows.iter().map(Vec::len).filter(|&n| n > 0).collect();
+    let written: Vec<bool> = rows.iter().map(|r| !r.is_empty()).collect();
     let rows: Vec<[String; 6]> = rows.into_iter().flatten().collect();
     let header = [
         "label",
@@ -385,25 +436,41 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
     let csv = out.join("df.csv");
     write_csv(&csv, columns)?;
 
+    let kept = |pred: &dyn Fn(usize) -> bool| {
+        (0..classes.len())
+            .filter(|&i| written[i] && pred(i))
+            .count()
+    };
     let mut scripts: Vec<(String, usize)> = Vec::new();
     for (name, _) in SCRIPTS {
-        let n = classes.iter().filter(|c| c.script == *name).count();
+        let n = kept(&|i| classes[i].script == *name);
         if n > 0 {
             scripts.push((name.to_string(), n));
         }
     }
-    let per_label = classes.iter().map(|c| c.images.len());
     Ok(GlyphsSummary {
         csv,
-        labels: classes.len(),
+        labels: per_label.len(),
         images: rows.len(),
-        train_labels: classes.len() - n_val,
-        validation_labels: n_val,
+        train_labels: kept(&|i| !is_val[i]),
+        validation_labels: kept(&|i| is_val[i]),
         faces: faces.len(),
         scripts,
         images_per_label: (
-            per_label.clone().min().unwrap_or(0),
-            per_label.max().unwrap_or(0),
+            per_label.iter().copied().min().unwrap_or(0),
+            per_label.iter().copied().max().unwrap_or(0),
         ),
     })
+}
+
+/// A class-disjoint split: `round(n * fraction)` of `n` labels, drawn with `rng`, are validation.
+pub(crate) fn split_labels(n: usize, fraction: f64, rng: &mut ChaCha8Rng) -> Vec<bool> {
+    let n_val = ((n as f64) * fraction).round() as usize;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(rng);
+    let mut is_val = vec![false; n];
+    for &i in order.iter().take(n_val) {
+        is_val[i] = true;
+    }
+    is_val
 }

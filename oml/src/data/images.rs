@@ -87,7 +87,7 @@ pub fn pixel_embeddings(source: &dyn super::ImageSource, size: u32) -> Result<ca
     let flat: Vec<f32> = rows.into_iter().flatten().collect();
     Ok(candle_core::Tensor::from_vec(
         flat,
-        (n, (size * size) as usize),
+        (n, size as usize * size as usize),
         &candle_core::Device::Cpu,
     )?)
 }

@@ -21,7 +21,7 @@ use crate::{Error, Result};
 /// Settings of an [`ImageLoader`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LoaderConfig {
-    /// Batches prepared ahead on the background thread (0: none, batches are made on demand).
+    /// Batches prepared ahead on a background thread (0: none, batches are made on demand).
     pub prefetch: usize,
     /// Keep decoded (and cropped) images in memory, so later epochs skip decoding.
     pub cache: bool,
@@ -60,14 +60,20 @@ pub struct ImageLoader {
 }
 
 impl ImageLoader {
-    /// A loader over `source` that applies `transform` to every image.
-    pub fn new(source: Arc<dyn ImageSource>, transform: Transform, config: LoaderConfig) -> Self {
-        ImageLoader {
+    /// A loader over `source` that applies `transform` to every image; fails when the transform's
+    /// parameters are invalid.
+    pub fn new(
+        source: Arc<dyn ImageSource>,
+        transform: Transform,
+        config: LoaderConfig,
+    ) -> Result<Self> {
+        transform.validate()?;
+        Ok(ImageLoader {
             source,
             transform: Arc::new(transform),
             config,
             cache: Arc::new(Mutex::new(HashMap::new())),
-        }
+        })
     }
 
     /// The transform applied to every image.
@@ -161,9 +167,10 @@ impl ImageLoader {
                 },
             };
         }
-        let (tx, rx) = sync_channel(self.config.prefetch);
+        // The channel holds `prefetch - 1` batches; the thread prepares one more while blocked.
+        let (tx, rx) = sync_channel(self.config.prefetch - 1);
         let loader = self.clone();
-        std::thread::spawn(move || {
+        let handle = std::thread::spawn(move || {
             for (b, indices) in batches.iter().enumerate() {
                 let batch = loader.load_batch(indices, epoch, b as u64);
                 let stop = batch.is_err();
@@ -173,7 +180,7 @@ impl ImageLoader {
             }
         });
         BatchIter {
-            inner: Inner::Prefetch(rx),
+            inner: Inner::Prefetch(rx, Some(handle)),
         }
     }
 }
@@ -191,7 +198,7 @@ fn item_seed(seed: u64, epoch: u64, batch: u64, pos: u64) -> u64 {
 }
 
 enum Inner {
-    Prefetch(Receiver<Result<Batch>>),
+    Prefetch(Receiver<Result<Batch>>, Option<std::thread::JoinHandle<()>>),
     Direct {
         loader: ImageLoader,
         batches: std::iter::Enumerate<std::vec::IntoIter<Vec<usize>>>,
@@ -209,7 +216,17 @@ impl Iterator for BatchIter {
 
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.inner {
-            Inner::Prefetch(rx) => rx.recv().ok(),
+            Inner::Prefetch(rx, handle) => match rx.recv() {
+                Ok(batch) => Some(batch),
+                // The thread is done: normally, or by a panic, which must not pass for the end of
+                // the epoch.
+                Err(_) => match handle.take().map(std::thread::JoinHandle::join) {
+                    Some(Err(_)) => Some(Err(Error::Msg(
+                        "the batch-loading thread panicked; the epoch is incomplete".to_owned(),
+                    ))),
+                    _ => None,
+                },
+            },
             Inner::Direct {
                 loader,
                 batches,

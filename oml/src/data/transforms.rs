@@ -256,6 +256,92 @@ impl Transform {
         }
     }
 
+    /// Checks every parameter: sizes > 0, `0 < scale.0 <= scale.1 <= 1`, `0 < ratio.0 <= ratio.1`,
+    /// probabilities in `[0, 1]`, jitter strengths >= 0 (hue <= 0.5), finite mean and std > 0.
+    pub fn validate(&self) -> Result<()> {
+        let size = |name: &'static str, v: u32| {
+            if v == 0 {
+                Err(Error::param(name, v, "a size in pixels > 0"))
+            } else {
+                Ok(())
+            }
+        };
+        let prob = |v: f32| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::param("p", v, "a probability in [0, 1]"))
+            }
+        };
+        for op in &self.ops {
+            match *op {
+                Op::Resize { height, width, .. } | Op::CenterCrop { height, width } => {
+                    size("height", height)?;
+                    size("width", width)?;
+                }
+                Op::ResizeShorter { size: s, .. } | Op::LongestSidePad { size: s, .. } => {
+                    size("size", s)?
+                }
+                Op::RandomResizedCrop {
+                    height,
+                    width,
+                    scale,
+                    ratio,
+                    ..
+                } => {
+                    size("height", height)?;
+                    size("width", width)?;
+                    if !(scale.0 > 0.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
+                        return Err(Error::param(
+                            "scale",
+                            format!("{scale:?}"),
+                            "0 < min <= max <= 1",
+                        ));
+                    }
+                    if !(ratio.0 > 0.0 && ratio.0 <= ratio.1 && ratio.1.is_finite()) {
+                        return Err(Error::param(
+                            "ratio",
+                            format!("{ratio:?}"),
+                            "0 < min <= max",
+                        ));
+                    }
+                }
+                Op::HorizontalFlip { p } => prob(p)?,
+                Op::ColorJitter {
+                    brightness,
+                    contrast,
+                    saturation,
+                    hue,
+                    p,
+                } => {
+                    prob(p)?;
+                    for (name, v) in [
+                        ("brightness", brightness),
+                        ("contrast", contrast),
+                        ("saturation", saturation),
+                    ] {
+                        if !(v >= 0.0 && v.is_finite()) {
+                            return Err(Error::param(name, v, "a strength >= 0"));
+                        }
+                    }
+                    if !(0.0..=0.5).contains(&hue) {
+                        return Err(Error::param("hue", hue, "a strength in [0, 0.5]"));
+                    }
+                }
+            }
+        }
+        if self.mean.iter().any(|m| !m.is_finite())
+            || self.std.iter().any(|s| !(*s > 0.0 && s.is_finite()))
+        {
+            return Err(Error::param(
+                "mean/std",
+                format!("{:?}/{:?}", self.mean, self.std),
+                "finite means and std > 0",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the transform draws random numbers (augmentations).
     pub fn is_random(&self) -> bool {
         self.ops.iter().any(|op| {
@@ -348,6 +434,7 @@ fn apply_op<R: Rng + ?Sized>(op: &Op, img: RgbImage, rng: &mut R) -> RgbImage {
         } => {
             let longest = w.max(h).max(1) as f64;
             let scale = size as f64 / longest;
+            let size = size.max(1);
             let nw = ((w as f64 * scale).round_ties_even() as u32).clamp(1, size);
             let nh = ((h as f64 * scale).round_ties_even() as u32).clamp(1, size);
             let resized = resize(&img, nw, nh, interpolation);
@@ -415,7 +502,9 @@ fn random_resized_crop_box<R: Rng + ?Sized>(
 ) -> (u32, u32, u32, u32) {
     let area = (w as f64) * (h as f64);
     let (lr0, lr1) = ((ratio.0 as f64).ln(), (ratio.1 as f64).ln());
-    for _ in 0..10 {
+    let valid =
+        scale.0 > 0.0 && scale.0 <= scale.1 && lr0.is_finite() && lr1.is_finite() && lr0 <= lr1;
+    for _ in 0..if valid { 10 } else { 0 } {
         let target = area * rng.random_range(scale.0 as f64..=scale.1 as f64);
         let aspect = rng.random_range(lr0..=lr1).exp();
         let cw = (target * aspect).sqrt().round() as u32;
@@ -447,12 +536,15 @@ fn color_jitter<R: Rng + ?Sized>(mut img: RgbImage, strength: [f32; 4], rng: &mu
     }
     for step in order {
         let s = strength[step];
-        if s <= 0.0 {
+        if s.is_nan() || s <= 0.0 {
             continue;
         }
         if step == 3 {
             let shift = rng.random_range(-s.min(0.5)..=s.min(0.5));
             shift_hue(&mut img, shift);
+            continue;
+        }
+        if !s.is_finite() {
             continue;
         }
         let factor = rng.random_range((1.0 - s).max(0.0)..=1.0 + s);
@@ -513,8 +605,8 @@ fn shift_hue(img: &mut RgbImage, shift: f32) {
         } else {
             (r - g) / c + 4.0
         } / 6.0;
-        let h8 = ((hh * 255.0).round() as i32 + delta).rem_euclid(256);
-        hh = h8 as f32 / 256.0 * 6.0;
+        let h8 = ((hh * 255.0).round() as i32 + delta).rem_euclid(255);
+        hh = h8 as f32 / 255.0 * 6.0;
         let i = hh.floor();
         let f = hh - i;
         let (pp, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));

@@ -372,7 +372,7 @@ pub fn evaluate(
     let rr = RetrievalResults::from_embeddings(embeddings, info, &search)?;
     let mut metrics = compute_metrics(&rr, config)?;
     if !config.fmr_vals.is_empty() {
-        let f = fnmr_at_fmr(embeddings, info, search.distance, &config.fmr_vals)?;
+        let f = fnmr_at_fmr(embeddings, info, &search, &config.fmr_vals)?;
         if let Some((_, overall)) = metrics.groups.first_mut() {
             for (fmr, v) in f.fmr.iter().zip(&f.fnmr) {
                 push(overall, "fnmr@fmr", fmt_fraction(*fmr), *v);

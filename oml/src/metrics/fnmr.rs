@@ -11,7 +11,7 @@
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::retrieval::distances::{Distance, SearchConfig, fold_pairs};
+use crate::retrieval::distances::{SearchConfig, fold_pairs};
 use crate::retrieval::results::{Prepared, QueryGalleryInfo};
 use crate::{Error, Result};
 
@@ -93,10 +93,11 @@ const BINS: usize = 1 << 16;
 
 /// fnmr@fmr over every non-excluded query-gallery pair of `embeddings` (same exclusions as
 /// retrieval: an item and itself, items of one sequence). Exact, in memory `O(positives)`.
+/// `search` gives the distance and the block sizes (its `top_n` is not used).
 pub fn fnmr_at_fmr(
     embeddings: &Tensor,
     info: &QueryGalleryInfo,
-    distance: Distance,
+    search: &SearchConfig,
     fmr_vals: &[f64],
 ) -> Result<FnmrAtFmr> {
     check_fmr(fmr_vals)?;
@@ -104,10 +105,7 @@ pub fn fnmr_at_fmr(
     let Some((ql, gl)) = &p.labels else {
         return Err(Error::Msg("fnmr@fmr needs labels".to_owned()));
     };
-    let config = SearchConfig {
-        distance,
-        ..SearchConfig::default()
-    };
+    let config = search;
     // Pass 1: positives kept, negatives counted by the top 16 bits.
     type Acc = (Vec<f32>, Vec<u64>);
     let init = || -> Acc { (Vec::new(), vec![0u64; BINS]) };
@@ -128,7 +126,7 @@ pub fn fnmr_at_fmr(
     let (pos, hist) = fold_pairs(
         &p.queries,
         &p.gallery,
-        &config,
+        config,
         &p.exclusion,
         &init,
         &visit,
@@ -187,7 +185,7 @@ pub fn fnmr_at_fmr(
     let fine = fold_pairs(
         &p.queries,
         &p.gallery,
-        &config,
+        config,
         &p.exclusion,
         &init2,
         &visit2,

@@ -159,7 +159,7 @@ pub(crate) fn knn(
                         // Ordering key: squared Euclidean, or 1 - cos for normalised rows.
                         let key = match config.distance {
                             Distance::Euclidean => (q_norms[r] + g_norms[gi] - 2.0 * dot).max(0.0),
-                            Distance::Cosine => 1.0 - dot,
+                            Distance::Cosine => (1.0 - dot).max(0.0),
                         };
                         let full = heap.len() == top_n;
                         if full && heap.peek().is_some_and(|w| key >= w.0) {
@@ -247,7 +247,7 @@ pub(crate) fn fold_pairs<A: Send>(
                             Distance::Euclidean => {
                                 (q_norms[r] + g_norms[gi] - 2.0 * dot).max(0.0).sqrt()
                             }
-                            Distance::Cosine => 1.0 - dot,
+                            Distance::Cosine => (1.0 - dot).max(0.0),
                         };
                         visit(&mut acc, qi, gi, dist);
                     }

@@ -135,10 +135,15 @@ impl<S: PairwiseScorer> RetrievalPostprocessor for PairwiseReranker<S> {
             if let (Some(&last), Some(&next)) = (new_d.last(), old.get(n))
                 && last > next
             {
+                // OML's rescaling; the clamp keeps the list sorted where rounding (or a
+                // non-positive next distance) would not.
                 let eps = 1000.0 * f32::EPSILON;
-                let scale = next / last;
+                let scale = if last > 0.0 { next / last } else { 1.0 };
+                let below = next.next_down();
+                let mut prev = f32::NEG_INFINITY;
                 for d in &mut new_d {
-                    *d = *d * scale - eps;
+                    *d = (*d * scale - eps).min(below).max(prev);
+                    prev = *d;
                 }
             }
             new_d.extend_from_slice(&old[n..]);
@@ -147,5 +152,84 @@ impl<S: PairwiseScorer> RetrievalPostprocessor for PairwiseReranker<S> {
             retrieved.push(new_ids);
         }
         rr.with_lists(distances, retrieved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Reverse;
+
+    impl PairwiseScorer for Reverse {
+        /// Scores that reverse the first results: larger gallery item ids are closer.
+        fn score(&self, pairs: &[(usize, usize)]) -> Result<Vec<f32>> {
+            Ok(pairs.iter().map(|&(_, g)| 100.0 - g as f32).collect())
+        }
+    }
+
+    #[test]
+    fn reranker_reorders_the_top_and_keeps_lists_sorted() {
+        use candle_core::{Device, Tensor};
+        let e = Tensor::from_vec(vec![0.0f32, 1.0, 2.0, 3.0, 4.0], (5, 1), &Device::Cpu)
+            .expect("tensor");
+        let info = crate::retrieval::QueryGalleryInfo {
+            labels: Some(vec![0, 0, 1, 1, 1]),
+            is_query: vec![true, false, false, false, false],
+            is_gallery: vec![true; 5],
+            categories: None,
+            sequences: None,
+        };
+        let rr = RetrievalResults::from_embeddings(
+            &e,
+            &info,
+            &crate::retrieval::SearchConfig::default(),
+        )
+        .expect("rr");
+        assert_eq!(rr.retrieved_ids(0), &[1, 2, 3, 4]);
+        let out = PairwiseReranker {
+            top_n: 3,
+            scorer: Reverse,
+        }
+        .process(&rr)
+        .expect("rerank");
+        // Items 1, 2, 3 (gallery indices) rescored 99, 98, 97: reversed; item 4 stays last.
+        assert_eq!(out.retrieved_ids(0), &[3, 2, 1, 4]);
+        let d = out.distances(0);
+        assert!(d.windows(2).all(|w| w[0] <= w[1]), "{d:?}");
+        assert!(d[2] < 4.0, "rescaled below the first kept distance: {d:?}");
+        assert_eq!(out.gt_ids(0), vec![1], "ground truths kept");
+        assert!(
+            PairwiseReranker {
+                top_n: 1,
+                scorer: Reverse
+            }
+            .process(&rr)
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn thresholds_cut_lists() {
+        let rr = RetrievalResults::new(
+            vec![vec![0.1, 0.2, 0.9, 1.0], vec![0.5]],
+            vec![vec![0, 1, 2, 3], vec![1]],
+            Some(vec![vec![0], vec![1]]),
+        )
+        .expect("rr");
+        let c = ConstantThresholding { threshold: 0.5 }
+            .process(&rr)
+            .expect("constant");
+        assert_eq!(c.retrieved_ids(0), &[0, 1]);
+        assert!(
+            c.retrieved_ids(1).is_empty(),
+            "strictly below the threshold"
+        );
+        // Gaps 0.1, 0.7, 0.1: mean 0.3; 2 x mean = 0.6 < 0.7 cuts after the second item.
+        let a = AdaptiveThresholding { n_std: 2.0 }
+            .process(&rr)
+            .expect("adaptive");
+        assert_eq!(a.retrieved_ids(0), &[0, 1]);
+        assert_eq!(a.retrieved_ids(1), &[1]);
     }
 }

@@ -30,13 +30,7 @@ pub struct QueryGalleryInfo {
 impl QueryGalleryInfo {
     /// From a labelled validation dataset.
     pub fn from_dataset(dataset: &ImageQueryGalleryLabeledDataset) -> Self {
-        QueryGalleryInfo {
-            labels: Some(dataset.labels()),
-            is_query: dataset.is_query(),
-            is_gallery: dataset.is_gallery(),
-            categories: dataset.categories(),
-            sequences: dataset.sequences(),
-        }
+        Self::from_table(dataset.table())
     }
 
     /// The validation rows of a checked table, in file order.
@@ -206,6 +200,39 @@ fn sequence_codes(query: &[String], gallery: &[String]) -> (Vec<u32>, Vec<u32>) 
     )
 }
 
+/// Per query: as many distances as ids, distances ascending and not NaN, no id twice.
+fn validate_lists(distances: &[Vec<f32>], retrieved: &[Vec<usize>]) -> Result<()> {
+    if distances.len() != retrieved.len() {
+        return Err(Error::Msg(format!(
+            "{} distance lists but {} retrieved lists",
+            distances.len(),
+            retrieved.len()
+        )));
+    }
+    for (q, (d, r)) in distances.iter().zip(retrieved).enumerate() {
+        if d.len() != r.len() {
+            return Err(Error::Msg(format!(
+                "query {q}: {} distances but {} retrieved ids",
+                d.len(),
+                r.len()
+            )));
+        }
+        if d.iter().any(|x| x.is_nan()) || d.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::Msg(format!(
+                "query {q}: distances are not sorted ascending"
+            )));
+        }
+        let mut seen = r.clone();
+        seen.sort_unstable();
+        if seen.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::Msg(format!(
+                "query {q}: a gallery item is retrieved twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Ground truths of every query: explicit lists, or derived from labels (so that memory stays
 /// `O(gallery)` however many positives there are).
 #[derive(Debug, Clone)]
@@ -248,34 +275,7 @@ impl RetrievalResults {
         retrieved_ids: Vec<Vec<usize>>,
         gt_ids: Option<Vec<Vec<usize>>>,
     ) -> Result<Self> {
-        if distances.len() != retrieved_ids.len() {
-            return Err(Error::Msg(format!(
-                "{} distance lists but {} retrieved lists",
-                distances.len(),
-                retrieved_ids.len()
-            )));
-        }
-        for (q, (d, r)) in distances.iter().zip(&retrieved_ids).enumerate() {
-            if d.len() != r.len() {
-                return Err(Error::Msg(format!(
-                    "query {q}: {} distances but {} retrieved ids",
-                    d.len(),
-                    r.len()
-                )));
-            }
-            if d.windows(2).any(|w| w[1] < w[0] || w[0].is_nan()) {
-                return Err(Error::Msg(format!(
-                    "query {q}: distances are not sorted ascending"
-                )));
-            }
-            let mut seen = r.clone();
-            seen.sort_unstable();
-            if seen.windows(2).any(|w| w[0] == w[1]) {
-                return Err(Error::Msg(format!(
-                    "query {q}: a gallery item is retrieved twice"
-                )));
-            }
-        }
+        validate_lists(&distances, &retrieved_ids)?;
         let gt = match gt_ids {
             Some(gt) => {
                 if gt.len() != distances.len() {
@@ -367,6 +367,21 @@ impl RetrievalResults {
             "query_categories",
             query_categories.map(<[String]>::len),
             nq,
+        )?;
+        let both = |name: &str, a: bool, b: bool| {
+            if a != b {
+                Err(Error::Msg(format!(
+                    "{name} given for one side only; give them for both queries and gallery, or for neither"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        both("labels", query_labels.is_some(), gallery_labels.is_some())?;
+        both(
+            "sequences",
+            query_sequences.is_some(),
+            gallery_sequences.is_some(),
         )?;
         let exclusion = PairExclusion {
             items: None,

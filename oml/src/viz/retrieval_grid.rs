@@ -66,6 +66,18 @@ pub fn retrieval_grid(
             "a retrieval grid needs results built from one set of items (RetrievalResults::from_embeddings)".to_owned(),
         ));
     };
+    let largest = query_items
+        .iter()
+        .chain(gallery_items)
+        .copied()
+        .max()
+        .unwrap_or(0);
+    if largest >= source.len() {
+        return Err(Error::Msg(format!(
+            "the results refer to item {largest} but the dataset has {} items; give the dataset the embeddings were computed on",
+            source.len()
+        )));
+    }
     let mut rows = Vec::with_capacity(queries.len());
     for &q in queries {
         if q >= rr.n_queries() {
