@@ -717,22 +717,19 @@ fn oml_dataframe_format_test_cases() {
         .for_each(|r| r[5..].iter_mut().for_each(|v| v.clear()));
     ok(render(&all, &rows), "all boxes empty");
     // test_all_coords_not_none
-    for col in 5..9 {
+    for (col, name) in header.iter().enumerate().skip(5) {
         let mut rows = mock.clone();
         rows.iter_mut().for_each(|r| r[col].clear());
-        bad(
-            render(&all, &rows),
-            &format!("{} empty on every row", header[col]),
-        );
+        bad(render(&all, &rows), &format!("{name} empty on every row"));
     }
     // test_not_empty_bbox
     bad(render(&all, &set(0, 6, "1")), "x_1 = x_2");
     bad(render(&all, &set(1, 7, "13")), "y_1 = y_2 + 1");
     // test_not_negative_coords
-    for col in 5..9 {
+    for (col, name) in header.iter().enumerate().skip(5) {
         bad(
             render(&all, &set(col - 5, col, "-1")),
-            &format!("{} = -1", header[col]),
+            &format!("{name} = -1"),
         );
     }
 }
