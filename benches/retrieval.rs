@@ -45,9 +45,18 @@ fn case_10k() {
         pcf_variance: vec![],
         ..MetricsConfig::default()
     };
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let defaults = SearchConfig::default();
     let search = SearchConfig {
         top_n: 5,
-        ..SearchConfig::default()
+        query_block: env("OML_BENCH_QUERY_BLOCK", defaults.query_block),
+        gallery_block: env("OML_BENCH_GALLERY_BLOCK", defaults.gallery_block),
+        ..defaults
     };
     let mut times = Vec::new();
     for _ in 0..3 {

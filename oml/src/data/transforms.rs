@@ -1,9 +1,9 @@
 //! Image transforms: from a decoded RGB image to a normalised `f32` CHW array, with OML's presets.
 //!
-//! Geometry runs on 8-bit images with the `image` crate's separable filters (bicubic = Catmull-Rom,
-//! a = -0.5, with the filter support widened when downscaling: the same antialiasing as Pillow,
-//! which torchvision uses on PIL images); colour jitter follows torchvision's definitions; the last
-//! step scales to `[0, 1]` and normalises by a mean and standard deviation per channel.
+//! Geometry runs on 8-bit images with Pillow's resampling (separable convolution, bicubic =
+//! Catmull-Rom with a = -0.5, the filter support widened when downscaling), through the SIMD
+//! `fast_image_resize` crate; colour jitter follows torchvision's definitions; the last step scales
+//! to `[0, 1]` and normalises by a mean and standard deviation per channel.
 //!
 //! Presets (names as Python OML's registry): `norm_resize_torch`, `norm_resize_hypvit`,
 //! `norm_resize_albu`, `norm_resize_albu_clip`, `augs_torch`, `augs_hypvit_torch`.
@@ -402,10 +402,50 @@ pub fn normalise_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> 
 }
 
 fn resize(img: &RgbImage, width: u32, height: u32, interpolation: Interpolation) -> RgbImage {
-    if img.dimensions() == (width, height) {
+    let (w, h) = img.dimensions();
+    if (w, h) == (width, height) {
         return img.clone();
     }
-    imageops::resize(img, width.max(1), height.max(1), interpolation.filter())
+    resize_region(img, (0, 0, w, h), width, height, interpolation)
+}
+
+/// Resizes the region `(x, y, width, height)` of `img` to `out_w x out_h` with SIMD convolution
+/// (`fast_image_resize`, a port of Pillow's resampling: the filter support grows with the
+/// downscaling factor); the `image` crate's resize is the fallback should it refuse the input.
+fn resize_region(
+    img: &RgbImage,
+    region: (u32, u32, u32, u32),
+    out_w: u32,
+    out_h: u32,
+    interpolation: Interpolation,
+) -> RgbImage {
+    use fast_image_resize as fir;
+    let (out_w, out_h) = (out_w.max(1), out_h.max(1));
+    let (x, y, rw, rh) = region;
+    let algorithm = match interpolation {
+        Interpolation::Nearest => fir::ResizeAlg::Nearest,
+        Interpolation::Bilinear => fir::ResizeAlg::Convolution(fir::FilterType::Bilinear),
+        Interpolation::Bicubic => fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom),
+    };
+    let fast = || -> Option<RgbImage> {
+        let src = fir::images::ImageRef::new(
+            img.width(),
+            img.height(),
+            img.as_raw(),
+            fir::PixelType::U8x3,
+        )
+        .ok()?;
+        let mut dst = fir::images::Image::new(out_w, out_h, fir::PixelType::U8x3);
+        let options = fir::ResizeOptions::new()
+            .resize_alg(algorithm)
+            .crop(x as f64, y as f64, rw as f64, rh as f64);
+        fir::Resizer::new().resize(&src, &mut dst, &options).ok()?;
+        RgbImage::from_raw(out_w, out_h, dst.into_vec())
+    };
+    fast().unwrap_or_else(|| {
+        let crop = imageops::crop_imm(img, x, y, rw.max(1), rh.max(1)).to_image();
+        imageops::resize(&crop, out_w, out_h, interpolation.filter())
+    })
 }
 
 fn apply_op<R: Rng + ?Sized>(op: &Op, img: RgbImage, rng: &mut R) -> RgbImage {
@@ -452,9 +492,8 @@ fn apply_op<R: Rng + ?Sized>(op: &Op, img: RgbImage, rng: &mut R) -> RgbImage {
             ratio,
             interpolation,
         } => {
-            let (x, y, cw, ch) = random_resized_crop_box(w, h, scale, ratio, rng);
-            let crop = imageops::crop_imm(&img, x, y, cw, ch).to_image();
-            resize(&crop, width, height, interpolation)
+            let region = random_resized_crop_box(w, h, scale, ratio, rng);
+            resize_region(&img, region, width, height, interpolation)
         }
         Op::HorizontalFlip { p } => {
             if rng.random::<f32>() < p {

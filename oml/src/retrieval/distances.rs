@@ -149,31 +149,40 @@ pub(crate) fn knn(
             for g0 in (0..ng).step_by(gb) {
                 let gn = gb.min(ng - g0);
                 let g = gallery.narrow(0, g0, gn)?;
-                let dots = q.matmul(&g.t()?)?.to_device(&Device::Cpu)?;
-                let dots: Vec<f32> = dots.flatten_all()?.to_vec1()?;
-                heaps.par_iter_mut().enumerate().for_each(|(r, heap)| {
-                    let row = &dots[r * gn..(r + 1) * gn];
-                    let qi = q0 + r;
-                    for (c, &dot) in row.iter().enumerate() {
-                        let gi = g0 + c;
-                        // Ordering key: squared Euclidean, or 1 - cos for normalised rows.
-                        let key = match config.distance {
-                            Distance::Euclidean => (q_norms[r] + g_norms[gi] - 2.0 * dot).max(0.0),
-                            Distance::Cosine => (1.0 - dot).max(0.0),
+                let dots = q.matmul(&g.t()?)?;
+                with_values(&dots, |dots| {
+                    heaps.par_iter_mut().enumerate().for_each(|(r, heap)| {
+                        let row = &dots[r * gn..(r + 1) * gn];
+                        let qi = q0 + r;
+                        // key = a + s * |g|^2 - f * q.g: squared Euclidean, or 1 - cos for
+                        // normalised rows; ordered like the distance.
+                        let (a, s, f) = match config.distance {
+                            Distance::Euclidean => (q_norms[r], 1.0, 2.0),
+                            Distance::Cosine => (1.0, 0.0, 1.0),
                         };
-                        let full = heap.len() == top_n;
-                        if full && heap.peek().is_some_and(|w| key >= w.0) {
-                            continue;
+                        let norms = &g_norms[g0..g0 + gn];
+                        let worst = |heap: &BinaryHeap<Candidate>| {
+                            if heap.len() == top_n {
+                                heap.peek().map_or(f32::INFINITY, |w| w.0)
+                            } else {
+                                f32::INFINITY
+                            }
+                        };
+                        let mut threshold = worst(heap);
+                        for (c, (&dot, &norm)) in row.iter().zip(norms).enumerate() {
+                            let key = a + s * norm - f * dot;
+                            // Later gallery items lose ties: strictly better only.
+                            if key >= threshold || exclusion.excluded(qi, g0 + c) {
+                                continue;
+                            }
+                            heap.push(Candidate(key, g0 + c));
+                            if heap.len() > top_n {
+                                heap.pop();
+                            }
+                            threshold = worst(heap);
                         }
-                        if exclusion.excluded(qi, gi) {
-                            continue;
-                        }
-                        heap.push(Candidate(key, gi));
-                        if heap.len() > top_n {
-                            heap.pop();
-                        }
-                    }
-                });
+                    })
+                })?;
             }
         }
         for heap in heaps {
@@ -181,14 +190,30 @@ pub(crate) fn knn(
             let dist = sorted
                 .iter()
                 .map(|c| match config.distance {
-                    Distance::Euclidean => c.0.sqrt(),
-                    Distance::Cosine => c.0,
+                    Distance::Euclidean => c.0.max(0.0).sqrt(),
+                    Distance::Cosine => c.0.max(0.0),
                 })
                 .collect();
             out.push((dist, sorted.iter().map(|c| c.1).collect()));
         }
     }
     Ok(out)
+}
+
+/// Runs `f` on a tensor's values as one row-major slice: borrowed without a copy on the CPU,
+/// copied to the host from other devices.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            let all = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            return Ok(f(&all[start..start + t.elem_count()]));
+        }
+    }
+    let host: Vec<f32> = t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
+    Ok(f(&host))
 }
 
 fn l2_normalise(x: &Tensor) -> Result<Tensor> {
@@ -229,31 +254,29 @@ pub(crate) fn fold_pairs<A: Send>(
         for g0 in (0..ng).step_by(gb) {
             let gn = gb.min(ng - g0);
             let g = gallery.narrow(0, g0, gn)?;
-            let dots: Vec<f32> = q
-                .matmul(&g.t()?)?
-                .to_device(&Device::Cpu)?
-                .flatten_all()?
-                .to_vec1()?;
-            let block = (0..qn)
-                .into_par_iter()
-                .fold(init, |mut acc, r| {
-                    let qi = q0 + r;
-                    for (c, &dot) in dots[r * gn..(r + 1) * gn].iter().enumerate() {
-                        let gi = g0 + c;
-                        if exclusion.excluded(qi, gi) {
-                            continue;
-                        }
-                        let dist = match config.distance {
-                            Distance::Euclidean => {
-                                (q_norms[r] + g_norms[gi] - 2.0 * dot).max(0.0).sqrt()
+            let dots = q.matmul(&g.t()?)?;
+            let block = with_values(&dots, |dots| {
+                (0..qn)
+                    .into_par_iter()
+                    .fold(init, |mut acc, r| {
+                        let qi = q0 + r;
+                        for (c, &dot) in dots[r * gn..(r + 1) * gn].iter().enumerate() {
+                            let gi = g0 + c;
+                            if exclusion.excluded(qi, gi) {
+                                continue;
                             }
-                            Distance::Cosine => (1.0 - dot).max(0.0),
-                        };
-                        visit(&mut acc, qi, gi, dist);
-                    }
-                    acc
-                })
-                .reduce_with(merge);
+                            let dist = match config.distance {
+                                Distance::Euclidean => {
+                                    (q_norms[r] + g_norms[gi] - 2.0 * dot).max(0.0).sqrt()
+                                }
+                                Distance::Cosine => (1.0 - dot).max(0.0),
+                            };
+                            visit(&mut acc, qi, gi, dist);
+                        }
+                        acc
+                    })
+                    .reduce_with(merge)
+            })?;
             if let Some(block) = block {
                 total = merge(total, block);
             }
