@@ -226,53 +226,15 @@ impl SampleTable {
     }
 }
 
-/// Rows whose image file does not exist. Files are looked up in one listing per folder (a
-/// dataset has far fewer folders than images), which is several times faster than one `stat` per
-/// row; symbolic links are followed.
+/// Rows whose image file does not exist (one `stat` per row, in parallel; measured faster here
+/// than one listing per folder).
 fn missing_files(paths: &[String], root: &Path) -> Vec<usize> {
-    let resolved: Vec<PathBuf> = paths.par_iter().map(|p| resolve(Some(root), p)).collect();
-    let mut folders: HashMap<&Path, Vec<usize>> = HashMap::new();
-    for (i, p) in resolved.iter().enumerate() {
-        if !paths[i].is_empty() {
-            folders
-                .entry(p.parent().unwrap_or(Path::new(".")))
-                .or_default()
-                .push(i);
-        }
-    }
-    let folders: Vec<(&Path, Vec<usize>)> = folders.into_iter().collect();
-    let mut missing: Vec<usize> = folders
+    paths
         .par_iter()
-        .flat_map_iter(|(dir, rows)| {
-            let files: HashSet<std::ffi::OsString> = match std::fs::read_dir(dir) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok())
-                    .filter(|e| match e.file_type() {
-                        Ok(t) if t.is_file() => true,
-                        Ok(t) if t.is_symlink() => e.path().is_file(),
-                        _ => false,
-                    })
-                    .map(|e| e.file_name())
-                    .collect(),
-                Err(_) => HashSet::new(),
-            };
-            rows.iter()
-                .copied()
-                .filter(|&i| {
-                    // Names that are not plain file names (`..`, a trailing `/`) are checked
-                    // directly.
-                    match resolved[i].file_name() {
-                        Some(name) if resolved[i].ends_with(name) && !paths[i].ends_with('/') => {
-                            !files.contains(name)
-                        }
-                        _ => !resolved[i].is_file(),
-                    }
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    missing.sort_unstable();
-    missing
+        .enumerate()
+        .filter(|(_, p)| !p.is_empty() && !resolve(Some(root), p).is_file())
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// The folder relative paths are read from: the one given, else the CSV's own folder.
