@@ -185,3 +185,35 @@ fn evaluate_rejects_bad_embeddings_with_a_clear_error() {
     assert_eq!(run.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&run.stderr).contains("garbage.npy"));
 }
+
+#[test]
+fn cosine_distance_is_one_minus_cosine_and_scale_free() {
+    // Rows at angles 0, 30, 90 and 180 degrees, with different lengths.
+    let rows = [
+        [2.0f32, 0.0],
+        [0.866 * 5.0, 0.5 * 5.0],
+        [0.0, 0.3],
+        [-1.0, 0.0],
+    ];
+    let e = Tensor::from_vec(rows.concat(), (4, 2), &Device::Cpu).expect("tensor");
+    let info = QueryGalleryInfo {
+        labels: Some(vec![0, 0, 1, 1]),
+        is_query: vec![true, false, false, false],
+        is_gallery: vec![false, true, true, true],
+        categories: None,
+        sequences: None,
+    };
+    let config = SearchConfig {
+        distance: "cosine".parse().expect("distance"),
+        ..SearchConfig::default()
+    };
+    let rr = RetrievalResults::from_embeddings(&e, &info, &config).expect("rr");
+    assert_eq!(rr.retrieved_ids(0), &[0, 1, 2]);
+    let expected = [1.0 - 0.866_f32, 1.0, 2.0];
+    for (d, x) in rr.distances(0).iter().zip(expected) {
+        assert!((d - x).abs() < 1e-3, "{:?}", rr.distances(0));
+    }
+    let fnmr = oml::metrics::fnmr::fnmr_at_fmr(&e, &info, &config, &[0.5]).expect("fnmr");
+    assert_eq!((fnmr.positives, fnmr.negatives), (1, 2));
+    assert!(fnmr.thresholds[0] >= 1.0 - 1e-6 && fnmr.thresholds[0] <= 1.5 + 1e-6);
+}

@@ -93,7 +93,13 @@ pub(crate) fn check_embeddings(name: &str, e: &Tensor) -> Result<Tensor> {
         )));
     }
     let (n, d) = (dims[0], dims[1]);
-    let e = e.to_dtype(DType::F32)?.contiguous()?;
+    // No copy when the tensor is already contiguous f32 (a 1M x 384 gallery is 1.5 GB).
+    let e = if e.dtype() == DType::F32 {
+        e.clone()
+    } else {
+        e.to_dtype(DType::F32)?
+    };
+    let e = e.contiguous()?;
     const ROWS: usize = 4096;
     for r0 in (0..n).step_by(ROWS) {
         let rows = ROWS.min(n - r0);
@@ -132,15 +138,15 @@ pub(crate) fn knn(
     let top_n = config.top_n.min(ng);
     let qb = config.query_block.max(1);
     let gb = config.gallery_block.max(1);
-    let (queries, gallery) = match config.distance {
-        Distance::Euclidean => (queries.clone(), gallery.clone()),
-        Distance::Cosine => (l2_normalise(queries)?, l2_normalise(gallery)?),
+    // Norms only matter for the Euclidean distance (cosine blocks are normalised).
+    let g_norms: Vec<f32> = match config.distance {
+        Distance::Euclidean => squared_norms(gallery)?,
+        Distance::Cosine => vec![0.0; ng],
     };
-    let g_norms: Vec<f32> = squared_norms(&gallery)?;
     let mut out = Vec::with_capacity(nq);
     for q0 in (0..nq).step_by(qb) {
         let qn = qb.min(nq - q0);
-        let q = queries.narrow(0, q0, qn)?;
+        let q = prepare_block(queries, q0, qn, config.distance)?;
         let q_norms = squared_norms(&q)?;
         let mut heaps: Vec<BinaryHeap<Candidate>> = (0..qn)
             .map(|_| BinaryHeap::with_capacity(top_n + 1))
@@ -148,7 +154,7 @@ pub(crate) fn knn(
         if top_n > 0 {
             for g0 in (0..ng).step_by(gb) {
                 let gn = gb.min(ng - g0);
-                let g = gallery.narrow(0, g0, gn)?;
+                let g = prepare_block(gallery, g0, gn, config.distance)?;
                 let dots = q.matmul(&g.t()?)?;
                 with_values(&dots, |dots| {
                     heaps.par_iter_mut().enumerate().for_each(|(r, heap)| {
@@ -221,8 +227,31 @@ fn l2_normalise(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&norms)?)
 }
 
+/// Squared L2 norm of every row, computed in blocks of rows so that no full-size temporary is made.
 fn squared_norms(x: &Tensor) -> Result<Vec<f32>> {
-    Ok(x.sqr()?.sum(1)?.to_device(&Device::Cpu)?.to_vec1()?)
+    const ROWS: usize = 16_384;
+    let n = x.dims()[0];
+    let mut out = Vec::with_capacity(n);
+    for r0 in (0..n).step_by(ROWS) {
+        let block = x.narrow(0, r0, ROWS.min(n - r0))?;
+        out.extend(
+            block
+                .sqr()?
+                .sum(1)?
+                .to_device(&Device::Cpu)?
+                .to_vec1::<f32>()?,
+        );
+    }
+    Ok(out)
+}
+
+/// A block of rows, L2-normalised for the cosine distance.
+fn prepare_block(x: &Tensor, start: usize, len: usize, distance: Distance) -> Result<Tensor> {
+    let block = x.narrow(0, start, len)?;
+    match distance {
+        Distance::Euclidean => Ok(block),
+        Distance::Cosine => l2_normalise(&block),
+    }
 }
 
 /// Folds over every non-excluded query-gallery pair `(query, gallery, distance)`, block by block,
@@ -239,21 +268,20 @@ pub(crate) fn fold_pairs<A: Send>(
 ) -> Result<A> {
     let (nq, _) = queries.dims2()?;
     let (ng, _) = gallery.dims2()?;
-    let (queries, gallery) = match config.distance {
-        Distance::Euclidean => (queries.clone(), gallery.clone()),
-        Distance::Cosine => (l2_normalise(queries)?, l2_normalise(gallery)?),
+    let g_norms: Vec<f32> = match config.distance {
+        Distance::Euclidean => squared_norms(gallery)?,
+        Distance::Cosine => vec![0.0; ng],
     };
-    let g_norms = squared_norms(&gallery)?;
     let qb = config.query_block.max(1);
     let gb = config.gallery_block.max(1);
     let mut total = init();
     for q0 in (0..nq).step_by(qb) {
         let qn = qb.min(nq - q0);
-        let q = queries.narrow(0, q0, qn)?;
+        let q = prepare_block(queries, q0, qn, config.distance)?;
         let q_norms = squared_norms(&q)?;
         for g0 in (0..ng).step_by(gb) {
             let gn = gb.min(ng - g0);
-            let g = gallery.narrow(0, g0, gn)?;
+            let g = prepare_block(gallery, g0, gn, config.distance)?;
             let dots = q.matmul(&g.t()?)?;
             let block = with_values(&dots, |dots| {
                 (0..qn)
