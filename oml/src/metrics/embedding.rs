@@ -220,13 +220,7 @@ impl Metrics {
         for (m, k) in &rows {
             out.push_str(&format!("{:width$}", format!("{m}@{k}")));
             for g in &names {
-                let v = self.get(g, m, k);
-                let s = match v {
-                    Some(v) if v.is_nan() => "nan".to_owned(),
-                    Some(v) => format!("{v:.4}"),
-                    None => "-".to_owned(),
-                };
-                out.push_str(&format!("  {s:>col$}"));
+                out.push_str(&format!("  {:>col$}", self.cell(g, m, k)));
             }
             out.push('\n');
         }
@@ -235,6 +229,15 @@ impl Metrics {
             self.queries, self.queries_without_gt
         ));
         out
+    }
+
+    /// A value as shown in the table: 4 decimals, `nan`, or `-` when absent.
+    fn cell(&self, group: &str, metric: &str, key: &str) -> String {
+        match self.get(group, metric, key) {
+            Some(v) if v.is_nan() => "nan".to_owned(),
+            Some(v) => format!("{v:.4}"),
+            None => "-".to_owned(),
+        }
     }
 
     fn row_keys(&self) -> Vec<(String, String)> {
@@ -265,12 +268,10 @@ impl Metrics {
                 escape_html(&format!("{m}@{k}"))
             ));
             for g in &names {
-                let s = match self.get(g, &m, &k) {
-                    Some(v) if v.is_nan() => "nan".to_owned(),
-                    Some(v) => format!("{v:.4}"),
-                    None => "-".to_owned(),
-                };
-                html.push_str(&format!("<td style=\"text-align:right\">{s}</td>"));
+                html.push_str(&format!(
+                    "<td style=\"text-align:right\">{}</td>",
+                    self.cell(g, &m, &k)
+                ));
             }
             html.push_str("</tr>");
         }
