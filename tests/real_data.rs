@@ -4,7 +4,7 @@
 //! - Fashion-MNIST: Debian package `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`),
 //!   or the folder in `OML_FASHION_MNIST_DIR`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oml::data::{CheckOptions, check_csv, convert_fashion_mnist};
 
@@ -32,4 +32,86 @@ fn fashion_mnist_converts_to_a_valid_class_disjoint_csv() {
         img.pixels().any(|p| p.0[0] > 128),
         "a real image has bright pixels"
     );
+}
+
+/// The shared DINOv2 ViT-S/14 weights (`shared/weights/` beside the repository, or the folder in
+/// `OML_SHARED_WEIGHTS`).
+fn dinov2_weights() -> PathBuf {
+    std::env::var_os("OML_SHARED_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/weights"))
+        .join("vits14_dinov2_imgfocus.safetensors")
+}
+
+fn f32s(b64: &str) -> Vec<f32> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64")
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Parity with Python OML's `ViTExtractor(arch="vits14")` on the real weights and 4 real photos,
+/// at 224 px (the zoo's size) and 112 px (interpolated position embeddings): cosine >= 0.9999 per
+/// image. Fixture: `tests/golden/extractor_vits14_dinov2.json`.
+#[test]
+#[ignore = "needs the shared DINOv2-S/14 weights (shared/weights or OML_SHARED_WEIGHTS)"]
+fn dinov2_vits14_matches_python_oml_on_real_weights() {
+    use base64::Engine;
+    use candle_core::{Device, Tensor};
+    use oml::data::transforms::{IMAGENET_MEAN, IMAGENET_STD};
+    use oml::models::{ViTConfig, ViTExtractor};
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(repo.join("tests/golden/extractor_vits14_dinov2.json"))
+        .expect("fixture");
+    let fx: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let cfg = ViTConfig::from_arch("vits14").expect("arch");
+    let vit =
+        ViTExtractor::from_safetensors(&cfg, &dinov2_weights(), &Device::Cpu).expect("weights");
+    for run in fx["runs"].as_array().expect("runs") {
+        let size = run["image_size"].as_u64().expect("size") as usize;
+        let mut data = Vec::new();
+        if let Some(images) = run["inputs_u8_hwc_b64"].as_array() {
+            // OML's float input from the uint8 centre crop, in OML's order of operations.
+            for b64 in images {
+                let hwc = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_str().expect("b64"))
+                    .expect("base64");
+                for c in 0..3 {
+                    for p in 0..size * size {
+                        data.push(
+                            (hwc[p * 3 + c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c],
+                        );
+                    }
+                }
+            }
+        } else {
+            for b64 in run["inputs_f32_chw_b64"].as_array().expect("inputs") {
+                data.extend(f32s(b64.as_str().expect("b64")));
+            }
+        }
+        let n = data.len() / (3 * size * size);
+        let x = Tensor::from_vec(data, (n, 3, size, size), &Device::Cpu).expect("tensor");
+        let ours: Vec<f32> = vit
+            .forward(&x)
+            .and_then(|t| Ok(t.flatten_all()?.to_vec1()?))
+            .expect("forward");
+        let theirs = f32s(run["embeddings_f32_b64"].as_str().expect("embeddings"));
+        assert_eq!(ours.len(), theirs.len());
+        for (i, (a, b)) in ours.chunks(384).zip(theirs.chunks(384)).enumerate() {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let cos = dot
+                / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
+                    * b.iter().map(|x| x * x).sum::<f32>().sqrt());
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            eprintln!("{size} px, image {i}: cosine {cos:.7}, max |diff| {diff:.2e}");
+            assert!(cos >= 0.9999, "{size} px, image {i}: cosine {cos}");
+        }
+    }
 }

@@ -34,6 +34,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod metrics;
+pub mod models;
 pub mod notebook;
 pub mod retrieval;
 pub mod samplers;
