@@ -57,6 +57,7 @@ fn small_vit(model: &Value) -> ViTExtractor {
         num_heads: get("num_heads"),
         mlp_ratio: get("mlp_ratio"),
         layerscale: c["layerscale"].as_bool().expect("layerscale"),
+        pos_grid: get("pos_embed_grid"),
         eps: 1e-6,
         normalise: false,
     };

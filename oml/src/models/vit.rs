@@ -34,6 +34,9 @@ pub struct ViTConfig {
     pub mlp_ratio: usize,
     /// Whether blocks scale their branches (DINOv2's LayerScale, `ls1.gamma`, `ls2.gamma`).
     pub layerscale: bool,
+    /// Side `M` of the position-embedding grid the weights carry (`pos_embed [1, 1 + M * M, D]`):
+    /// 37 for DINOv2 (518 px), 224 / patch for DINO.
+    pub pos_grid: usize,
     /// LayerNorm epsilon.
     pub eps: f64,
     /// Whether to L2-normalise the output.
@@ -44,14 +47,14 @@ impl ViTConfig {
     /// OML's arch names: `vits16`, `vits8`, `vitb16`, `vitb8` (DINO), `vits14`, `vitb14`, `vitl14`
     /// (DINOv2).
     pub fn from_arch(arch: &str) -> Result<Self> {
-        let (patch, dim, depth, heads, layerscale) = match arch {
-            "vits16" => (16, 384, 12, 6, false),
-            "vits8" => (8, 384, 12, 6, false),
-            "vitb16" => (16, 768, 12, 12, false),
-            "vitb8" => (8, 768, 12, 12, false),
-            "vits14" => (14, 384, 12, 6, true),
-            "vitb14" => (14, 768, 12, 12, true),
-            "vitl14" => (14, 1024, 24, 16, true),
+        let (patch, dim, depth, heads, layerscale, grid) = match arch {
+            "vits16" => (16, 384, 12, 6, false, 14),
+            "vits8" => (8, 384, 12, 6, false, 28),
+            "vitb16" => (16, 768, 12, 12, false, 14),
+            "vitb8" => (8, 768, 12, 12, false, 28),
+            "vits14" => (14, 384, 12, 6, true, 37),
+            "vitb14" => (14, 768, 12, 12, true, 37),
+            "vitl14" => (14, 1024, 24, 16, true, 37),
             other => {
                 return Err(Error::UnknownName {
                     kind: "ViT arch",
@@ -71,6 +74,7 @@ impl ViTConfig {
             num_heads: heads,
             mlp_ratio: 4,
             layerscale,
+            pos_grid: grid,
             eps: 1e-6,
             normalise: false,
         })
@@ -166,15 +170,15 @@ impl ViTExtractor {
         };
         let patch = candle_nn::conv2d(3, d, cfg.patch_size, conv, vb.pp("patch_embed.proj"))?;
         let cls = vb.get((1, 1, d), "cls_token")?;
-        let pos = vb.get_unchecked("pos_embed")?;
-        let tokens = pos.dims().get(1).copied().unwrap_or(0);
-        let m = ((tokens.saturating_sub(1)) as f64).sqrt().round() as usize;
-        if pos.dims() != [1, m * m + 1, d] || m == 0 {
-            return Err(Error::Msg(format!(
-                "pos_embed has shape {:?}; expected [1, 1 + M * M, {d}]",
-                pos.dims()
-            )));
+        let m = cfg.pos_grid;
+        if m == 0 {
+            return Err(Error::param(
+                "pos_grid",
+                0,
+                "the side of the position grid, > 0",
+            ));
         }
+        let pos = vb.get((1, 1 + m * m, d), "pos_embed")?;
         let blocks = (0..cfg.depth)
             .map(|i| Block::new(cfg, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<_>>()?;
@@ -210,7 +214,7 @@ impl ViTExtractor {
     /// Position embeddings for a `gh x gw` grid of patches: `[1, 1 + gh * gw, D]`.
     fn position_embeddings(&self, gh: usize, gw: usize) -> Result<Tensor> {
         let d = self.cfg.embed_dim;
-        let m = (((self.pos.dims()[1] - 1) as f64).sqrt()).round() as usize;
+        let m = self.cfg.pos_grid;
         if gh == m && gw == m {
             return Ok(self.pos.clone());
         }
