@@ -48,6 +48,10 @@ fn fixture() -> Value {
 }
 
 fn small_vit(model: &Value) -> ViTExtractor {
+    small_vit_from(model, &model["weights"])
+}
+
+fn small_vit_from(model: &Value, weights: &Value) -> ViTExtractor {
     let c = &model["config"];
     let get = |k: &str| c[k].as_u64().expect(k) as usize;
     let cfg = ViTConfig {
@@ -58,10 +62,11 @@ fn small_vit(model: &Value) -> ViTExtractor {
         mlp_ratio: get("mlp_ratio"),
         layerscale: c["layerscale"].as_bool().expect("layerscale"),
         pos_grid: get("pos_embed_grid"),
+        n_registers: c["num_register_tokens"].as_u64().unwrap_or(0) as usize,
         eps: 1e-6,
         normalise: false,
     };
-    let weights = repo().join(model["weights"]["file"].as_str().expect("file"));
+    let weights = repo().join(weights["file"].as_str().expect("file"));
     ViTExtractor::from_safetensors(&cfg, &weights, &Device::Cpu).expect("weights")
 }
 
@@ -69,14 +74,20 @@ fn small_vit(model: &Value) -> ViTExtractor {
 fn small_dino_and_dinov2_vits_match_oml_at_every_size() {
     let fx = fixture();
     let mut checked = 0;
-    for name in ["vit_dino_small", "vit_dinov2_small"] {
+    // DINO, DINOv2, DINOv2 with registers in OML's layout and in timm's (Hub) layout.
+    for (name, layout) in [
+        ("vit_dino_small", "weights"),
+        ("vit_dinov2_small", "weights"),
+        ("vit_dinov2_reg_small", "weights"),
+        ("vit_dinov2_reg_small", "weights_timm_layout"),
+    ] {
         let model = fx["models"]
             .as_array()
             .expect("models")
             .iter()
             .find(|m| m["name"] == name)
             .expect("model");
-        let vit = small_vit(model);
+        let vit = small_vit_from(model, &model[layout]);
         for run in model["runs"].as_array().expect("runs") {
             let input = &fx["inputs"][run["input"].as_str().expect("input")];
             let shape: Vec<usize> = input["shape"]
@@ -105,7 +116,7 @@ fn small_dino_and_dinov2_vits_match_oml_at_every_size() {
             checked += 1;
         }
     }
-    assert!(checked >= 6, "{checked} runs");
+    assert!(checked >= 15, "{checked} runs");
 }
 
 #[test]

@@ -37,6 +37,10 @@ pub struct ViTConfig {
     /// Side `M` of the position-embedding grid the weights carry (`pos_embed [1, 1 + M * M, D]`):
     /// 37 for DINOv2 (518 px), 224 / patch for DINO.
     pub pos_grid: usize,
+    /// Register tokens (DINOv2 `_reg` models: 4), placed after CLS, without position embedding.
+    /// Models with registers resize position embeddings with the antialiased (PIL-style) bicubic
+    /// filter at the target size, as OML's vendored DINOv2 does for them.
+    pub n_registers: usize,
     /// LayerNorm epsilon.
     pub eps: f64,
     /// Whether to L2-normalise the output.
@@ -47,6 +51,11 @@ impl ViTConfig {
     /// OML's arch names: `vits16`, `vits8`, `vitb16`, `vitb8` (DINO), `vits14`, `vitb14`, `vitl14`
     /// (DINOv2).
     pub fn from_arch(arch: &str) -> Result<Self> {
+        if let Some(base) = arch.strip_suffix("_reg").filter(|b| b.ends_with("14")) {
+            let mut cfg = Self::from_arch(base)?;
+            cfg.n_registers = 4;
+            return Ok(cfg);
+        }
         let (patch, dim, depth, heads, layerscale, grid) = match arch {
             "vits16" => (16, 384, 12, 6, false, 14),
             "vits8" => (8, 384, 12, 6, false, 28),
@@ -75,6 +84,7 @@ impl ViTConfig {
             mlp_ratio: 4,
             layerscale,
             pos_grid: grid,
+            n_registers: 0,
             eps: 1e-6,
             normalise: false,
         })
@@ -156,6 +166,7 @@ pub struct ViTExtractor {
     patch: Conv2d,
     cls: Tensor,
     pos: Tensor,
+    registers: Option<Tensor>,
     blocks: Vec<Block>,
     norm: LayerNorm,
 }
@@ -179,6 +190,11 @@ impl ViTExtractor {
             ));
         }
         let pos = vb.get((1, 1 + m * m, d), "pos_embed")?;
+        let registers = if cfg.n_registers > 0 {
+            Some(vb.get((1, cfg.n_registers, d), "register_tokens")?)
+        } else {
+            None
+        };
         let blocks = (0..cfg.depth)
             .map(|i| Block::new(cfg, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<_>>()?;
@@ -188,6 +204,7 @@ impl ViTExtractor {
             patch,
             cls,
             pos,
+            registers,
             blocks,
             norm,
         })
@@ -195,10 +212,24 @@ impl ViTExtractor {
 
     /// Loads weights from a safetensors file onto `device`.
     pub fn from_safetensors(cfg: &ViTConfig, path: &Path, device: &Device) -> Result<Self> {
-        let tensors = candle_core::safetensors::load(path, device).map_err(|e| Error::Format {
-            path: path.to_path_buf(),
-            message: format!("not a readable safetensors file: {e}"),
-        })?;
+        let mut tensors =
+            candle_core::safetensors::load(path, device).map_err(|e| Error::Format {
+                path: path.to_path_buf(),
+                message: format!("not a readable safetensors file: {e}"),
+            })?;
+        // timm's DINOv2 layout: `reg_token`, and `pos_embed` without the class slot (the class
+        // position is folded into `cls_token`): a zero slot in front is exact.
+        if let Some(reg) = tensors.remove("reg_token") {
+            tensors.entry("register_tokens".to_owned()).or_insert(reg);
+        }
+        let m = cfg.pos_grid;
+        if let Some(pos) = tensors.get("pos_embed")
+            && pos.dims() == [1, m * m, cfg.embed_dim]
+        {
+            let zero = Tensor::zeros((1, 1, cfg.embed_dim), pos.dtype(), device)?;
+            let full = Tensor::cat(&[&zero, pos], 1)?;
+            tensors.insert("pos_embed".to_owned(), full);
+        }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         Self::new(cfg, vb).map_err(|e| Error::Format {
             path: path.to_path_buf(),
@@ -224,7 +255,11 @@ impl ViTExtractor {
             .flatten_all()?
             .to_device(&Device::Cpu)?
             .to_vec1()?;
-        let resized = bicubic_resize_grid(&grid, m, d, gh, gw, 0.1);
+        let resized = if self.cfg.n_registers > 0 {
+            antialiased_resize_grid(&grid, m, d, gh, gw)
+        } else {
+            bicubic_resize_grid(&grid, m, d, gh, gw, 0.1)
+        };
         let patch = Tensor::from_vec(resized, (1, gh * gw, d), self.pos.device())?;
         Ok(Tensor::cat(&[&self.pos.narrow(1, 0, 1)?, &patch], 1)?)
     }
@@ -245,6 +280,12 @@ impl ViTExtractor {
         let cls = self.cls.broadcast_as((b, 1, self.cfg.embed_dim))?;
         let mut x =
             Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embeddings(gh, gw)?)?;
+        if let Some(reg) = &self.registers {
+            let (n, d) = (self.cfg.n_registers, self.cfg.embed_dim);
+            let reg = reg.broadcast_as((b, n, d))?.contiguous()?;
+            let patches = x.narrow(1, 1, gh * gw)?;
+            x = Tensor::cat(&[&x.narrow(1, 0, 1)?, &reg, &patches], 1)?;
+        }
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
@@ -298,6 +339,66 @@ fn bicubic_resize_grid(
         }
     }
     out
+}
+
+/// PyTorch's antialiased bicubic (the PIL filter, `a = -0.5`) of an `m x m` grid of `d`-vectors
+/// to `gh x gw`: per output index a normalised window of taps, separable.
+fn antialiased_resize_grid(grid: &[f32], m: usize, d: usize, gh: usize, gw: usize) -> Vec<f32> {
+    let taps = |g: usize| -> Vec<Vec<(usize, f32)>> {
+        let scale = m as f64 / g as f64;
+        let support_scale = scale.max(1.0);
+        let support = 2.0 * support_scale;
+        (0..g)
+            .map(|i| {
+                let centre = scale * (i as f64 + 0.5);
+                let lo = (centre - support + 0.5).floor().max(0.0) as usize;
+                let hi = ((centre + support + 0.5).floor() as usize).min(m);
+                let mut w: Vec<(usize, f32)> = (lo..hi)
+                    .map(|j| {
+                        (
+                            j,
+                            pil_cubic((j as f64 - centre + 0.5) / support_scale) as f32,
+                        )
+                    })
+                    .collect();
+                let total: f32 = w.iter().map(|(_, x)| x).sum();
+                if total != 0.0 {
+                    w.iter_mut().for_each(|(_, x)| *x /= total);
+                }
+                w
+            })
+            .collect()
+    };
+    let (ty, tx) = (taps(gh), taps(gw));
+    let mut out = vec![0f32; gh * gw * d];
+    for (oy, wy) in ty.iter().enumerate() {
+        for (ox, wx) in tx.iter().enumerate() {
+            let o = &mut out[(oy * gw + ox) * d..(oy * gw + ox + 1) * d];
+            for &(iy, a) in wy {
+                for &(ix, bb) in wx {
+                    let w = a * bb;
+                    let s = &grid[(iy * m + ix) * d..(iy * m + ix + 1) * d];
+                    for (o, s) in o.iter_mut().zip(s) {
+                        *o += w * s;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The cubic kernel with `a = -0.5` (PIL's bicubic).
+fn pil_cubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
 }
 
 /// The four cubic-convolution weights (`a = -0.75`) of a fractional offset `t`.
