@@ -119,6 +119,95 @@ pub(crate) fn check_embeddings(name: &str, e: &Tensor) -> Result<Tensor> {
     Ok(e)
 }
 
+/// One block of distances: query rows `q0..q0 + qn` against gallery rows `g0..g0 + gn`.
+struct Block<'a> {
+    q0: usize,
+    g0: usize,
+    gn: usize,
+    distance: Distance,
+    /// `q . g`, row-major `[qn, gn]`.
+    dots: &'a [f32],
+    q_norms: &'a [f32],
+    g_norms: &'a [f32],
+}
+
+impl Block<'_> {
+    /// The dot products of block row `r`.
+    fn row(&self, r: usize) -> &[f32] {
+        &self.dots[r * self.gn..(r + 1) * self.gn]
+    }
+
+    /// `(a, s, f)` with `key = a + s * |g|^2 - f * q.g` for block row `r`: the squared Euclidean
+    /// distance, or `1 - cos` for normalised rows; ordered like the distance.
+    fn key_params(&self, r: usize) -> (f32, f32, f32) {
+        match self.distance {
+            Distance::Euclidean => (self.q_norms[r], 1.0, 2.0),
+            Distance::Cosine => (1.0, 0.0, 1.0),
+        }
+    }
+
+    /// Squared norms of the gallery rows of the block.
+    fn norms(&self) -> &[f32] {
+        &self.g_norms[self.g0..self.g0 + self.gn]
+    }
+}
+
+impl Distance {
+    /// The distance of a key made by [`Block::key_params`].
+    fn key_to_distance(self, key: f32) -> f32 {
+        match self {
+            Distance::Euclidean => key.max(0.0).sqrt(),
+            Distance::Cosine => key.max(0.0),
+        }
+    }
+}
+
+/// Runs `visit` on every block of queries against every block of the gallery (queries in the
+/// outer loop), distances by matrix products; cosine rows are normalised per block.
+fn for_each_block(
+    queries: &Tensor,
+    gallery: &Tensor,
+    config: &SearchConfig,
+    visit: &mut dyn FnMut(&Block<'_>),
+) -> Result<()> {
+    let (nq, d) = queries.dims2()?;
+    let (ng, d2) = gallery.dims2()?;
+    if d != d2 {
+        return Err(Error::Msg(format!(
+            "queries have dimension {d} but the gallery has {d2}"
+        )));
+    }
+    // Norms only matter for the Euclidean distance (cosine blocks are normalised).
+    let g_norms: Vec<f32> = match config.distance {
+        Distance::Euclidean => squared_norms(gallery)?,
+        Distance::Cosine => vec![0.0; ng],
+    };
+    let qb = config.query_block.max(1);
+    let gb = config.gallery_block.max(1);
+    for q0 in (0..nq).step_by(qb) {
+        let qn = qb.min(nq - q0);
+        let q = prepare_block(queries, q0, qn, config.distance)?;
+        let q_norms = squared_norms(&q)?;
+        for g0 in (0..ng).step_by(gb) {
+            let gn = gb.min(ng - g0);
+            let g = prepare_block(gallery, g0, gn, config.distance)?;
+            let dots = q.matmul(&g.t()?)?;
+            with_values(&dots, |dots| {
+                visit(&Block {
+                    q0,
+                    g0,
+                    gn,
+                    distance: config.distance,
+                    dots,
+                    q_norms: &q_norms,
+                    g_norms: &g_norms,
+                })
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The `top_n` nearest gallery rows of every query row, ascending by distance, then by gallery
 /// index, skipping excluded pairs. `queries: [Q, D]`, `gallery: [G, D]`, both `f32` on one device.
 /// Returns per query `(distances, gallery indices)`.
@@ -128,82 +217,54 @@ pub(crate) fn knn(
     config: &SearchConfig,
     exclusion: &dyn Exclusion,
 ) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
-    let (nq, d) = queries.dims2()?;
-    let (ng, d2) = gallery.dims2()?;
-    if d != d2 {
-        return Err(Error::Msg(format!(
-            "queries have dimension {d} but the gallery has {d2}"
-        )));
-    }
+    let (nq, _) = queries.dims2()?;
+    let (ng, _) = gallery.dims2()?;
     let top_n = config.top_n.min(ng);
-    let qb = config.query_block.max(1);
-    let gb = config.gallery_block.max(1);
-    // Norms only matter for the Euclidean distance (cosine blocks are normalised).
-    let g_norms: Vec<f32> = match config.distance {
-        Distance::Euclidean => squared_norms(gallery)?,
-        Distance::Cosine => vec![0.0; ng],
-    };
-    let mut out = Vec::with_capacity(nq);
-    for q0 in (0..nq).step_by(qb) {
-        let qn = qb.min(nq - q0);
-        let q = prepare_block(queries, q0, qn, config.distance)?;
-        let q_norms = squared_norms(&q)?;
-        let mut heaps: Vec<BinaryHeap<Candidate>> = (0..qn)
-            .map(|_| BinaryHeap::with_capacity(top_n + 1))
-            .collect();
-        if top_n > 0 {
-            for g0 in (0..ng).step_by(gb) {
-                let gn = gb.min(ng - g0);
-                let g = prepare_block(gallery, g0, gn, config.distance)?;
-                let dots = q.matmul(&g.t()?)?;
-                with_values(&dots, |dots| {
-                    heaps.par_iter_mut().enumerate().for_each(|(r, heap)| {
-                        let row = &dots[r * gn..(r + 1) * gn];
-                        let qi = q0 + r;
-                        // key = a + s * |g|^2 - f * q.g: squared Euclidean, or 1 - cos for
-                        // normalised rows; ordered like the distance.
-                        let (a, s, f) = match config.distance {
-                            Distance::Euclidean => (q_norms[r], 1.0, 2.0),
-                            Distance::Cosine => (1.0, 0.0, 1.0),
-                        };
-                        let norms = &g_norms[g0..g0 + gn];
-                        let worst = |heap: &BinaryHeap<Candidate>| {
-                            if heap.len() == top_n {
-                                heap.peek().map_or(f32::INFINITY, |w| w.0)
-                            } else {
-                                f32::INFINITY
-                            }
-                        };
-                        let mut threshold = worst(heap);
-                        for (c, (&dot, &norm)) in row.iter().zip(norms).enumerate() {
-                            let key = a + s * norm - f * dot;
-                            // Later gallery items lose ties: strictly better only.
-                            if key >= threshold || exclusion.excluded(qi, g0 + c) {
-                                continue;
-                            }
-                            heap.push(Candidate(key, g0 + c));
-                            if heap.len() > top_n {
-                                heap.pop();
-                            }
-                            threshold = worst(heap);
-                        }
-                    })
-                })?;
+    let mut heaps: Vec<BinaryHeap<Candidate>> = (0..nq)
+        .map(|_| BinaryHeap::with_capacity(top_n + 1))
+        .collect();
+    if top_n > 0 {
+        let worst = |heap: &BinaryHeap<Candidate>| {
+            if heap.len() == top_n {
+                heap.peek().map_or(f32::INFINITY, |w| w.0)
+            } else {
+                f32::INFINITY
             }
-        }
-        for heap in heaps {
+        };
+        for_each_block(queries, gallery, config, &mut |block| {
+            let rows = block.dots.len() / block.gn;
+            heaps[block.q0..block.q0 + rows]
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(r, heap)| {
+                    let (a, s, f) = block.key_params(r);
+                    let mut threshold = worst(heap);
+                    for (c, (&dot, &norm)) in block.row(r).iter().zip(block.norms()).enumerate() {
+                        let key = a + s * norm - f * dot;
+                        // Later gallery items lose ties: strictly better only.
+                        if key >= threshold || exclusion.excluded(block.q0 + r, block.g0 + c) {
+                            continue;
+                        }
+                        heap.push(Candidate(key, block.g0 + c));
+                        if heap.len() > top_n {
+                            heap.pop();
+                        }
+                        threshold = worst(heap);
+                    }
+                })
+        })?;
+    }
+    Ok(heaps
+        .into_iter()
+        .map(|heap| {
             let sorted = heap.into_sorted_vec();
             let dist = sorted
                 .iter()
-                .map(|c| match config.distance {
-                    Distance::Euclidean => c.0.max(0.0).sqrt(),
-                    Distance::Cosine => c.0.max(0.0),
-                })
+                .map(|c| config.distance.key_to_distance(c.0))
                 .collect();
-            out.push((dist, sorted.iter().map(|c| c.1).collect()));
-        }
-    }
-    Ok(out)
+            (dist, sorted.iter().map(|c| c.1).collect())
+        })
+        .collect())
 }
 
 /// Runs `f` on a tensor's values as one row-major slice: borrowed without a copy on the CPU,
@@ -266,49 +327,33 @@ pub(crate) fn fold_pairs<A: Send>(
     visit: &(dyn Fn(&mut A, usize, usize, f32) + Sync),
     merge: &(dyn Fn(A, A) -> A + Sync),
 ) -> Result<A> {
-    let (nq, _) = queries.dims2()?;
-    let (ng, _) = gallery.dims2()?;
-    let g_norms: Vec<f32> = match config.distance {
-        Distance::Euclidean => squared_norms(gallery)?,
-        Distance::Cosine => vec![0.0; ng],
-    };
-    let qb = config.query_block.max(1);
-    let gb = config.gallery_block.max(1);
-    let mut total = init();
-    for q0 in (0..nq).step_by(qb) {
-        let qn = qb.min(nq - q0);
-        let q = prepare_block(queries, q0, qn, config.distance)?;
-        let q_norms = squared_norms(&q)?;
-        for g0 in (0..ng).step_by(gb) {
-            let gn = gb.min(ng - g0);
-            let g = prepare_block(gallery, g0, gn, config.distance)?;
-            let dots = q.matmul(&g.t()?)?;
-            let block = with_values(&dots, |dots| {
-                (0..qn)
-                    .into_par_iter()
-                    .fold(init, |mut acc, r| {
-                        let qi = q0 + r;
-                        for (c, &dot) in dots[r * gn..(r + 1) * gn].iter().enumerate() {
-                            let gi = g0 + c;
-                            if exclusion.excluded(qi, gi) {
-                                continue;
-                            }
-                            let dist = match config.distance {
-                                Distance::Euclidean => {
-                                    (q_norms[r] + g_norms[gi] - 2.0 * dot).max(0.0).sqrt()
-                                }
-                                Distance::Cosine => (1.0 - dot).max(0.0),
-                            };
-                            visit(&mut acc, qi, gi, dist);
-                        }
-                        acc
-                    })
-                    .reduce_with(merge)
-            })?;
-            if let Some(block) = block {
-                total = merge(total, block);
-            }
+    let mut total: Option<A> = None;
+    for_each_block(queries, gallery, config, &mut |block| {
+        let rows = block.dots.len() / block.gn;
+        let folded = (0..rows)
+            .into_par_iter()
+            .fold(init, |mut acc, r| {
+                let (a, s, f) = block.key_params(r);
+                for (c, (&dot, &norm)) in block.row(r).iter().zip(block.norms()).enumerate() {
+                    let (qi, gi) = (block.q0 + r, block.g0 + c);
+                    if !exclusion.excluded(qi, gi) {
+                        visit(
+                            &mut acc,
+                            qi,
+                            gi,
+                            block.distance.key_to_distance(a + s * norm - f * dot),
+                        );
+                    }
+                }
+                acc
+            })
+            .reduce_with(merge);
+        if let Some(b) = folded {
+            total = Some(match total.take() {
+                Some(t) => merge(t, b),
+                None => b,
+            });
         }
-    }
-    Ok(total)
+    })?;
+    Ok(total.unwrap_or_else(init))
 }
