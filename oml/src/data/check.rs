@@ -520,6 +520,8 @@ pub fn check_table(raw: &RawTable, path: &Path, options: &CheckOptions) -> Check
             }
         }
     }
+    // Rows whose is_query or is_gallery could not be read.
+    let mut flags_bad = vec![false; n];
     for (name, target) in [
         (IS_QUERY_COLUMN, &mut table.is_query),
         (IS_GALLERY_COLUMN, &mut table.is_gallery),
@@ -542,14 +544,17 @@ pub fn check_table(raw: &RawTable, path: &Path, options: &CheckOptions) -> Check
                 ),
                 (Split::Validation, v) => match v.and_then(parse_bool) {
                     Some(b) => target[i] = b,
-                    None => c.error(
-                        Some(line(i)),
-                        Some(name),
-                        format!(
-                            "{} on a validation row; allowed: true/false or 1/0",
-                            shown(v)
-                        ),
-                    ),
+                    None => {
+                        flags_bad[i] = true;
+                        c.error(
+                            Some(line(i)),
+                            Some(name),
+                            format!(
+                                "{} on a validation row; allowed: true/false or 1/0",
+                                shown(v)
+                            ),
+                        )
+                    }
                 },
             }
         }
@@ -587,15 +592,8 @@ pub fn check_table(raw: &RawTable, path: &Path, options: &CheckOptions) -> Check
         .filter(|&i| split_ok[i])
         .collect();
     if raw.has(IS_QUERY_COLUMN) && raw.has(IS_GALLERY_COLUMN) {
-        let flags = |name: &str, i: usize| {
-            raw.column(name)
-                .and_then(|c| c[i].as_deref())
-                .and_then(parse_bool)
-        };
         for &i in &validation {
-            if flags(IS_QUERY_COLUMN, i) == Some(false)
-                && flags(IS_GALLERY_COLUMN, i) == Some(false)
-            {
+            if !flags_bad[i] && !table.is_query[i] && !table.is_gallery[i] {
                 c.error(
                     Some(line(i)),
                     Some(IS_QUERY_COLUMN),
