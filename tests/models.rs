@@ -3,24 +3,18 @@
 //! `tests/golden/make_extractor_fixtures.py`. The real DINOv2-S/14 parity test is in
 //! `tests/real_data.rs` (it needs the shared weights).
 
+mod common;
+
+use common::f32s;
+
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use candle_core::{Device, Tensor};
 use oml::models::{ViTConfig, ViTExtractor};
 use serde_json::Value;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn f32s(b64: &str) -> Vec<f32> {
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .expect("base64")
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// Cosine of every row pair and the largest absolute difference.

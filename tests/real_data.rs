@@ -4,6 +4,10 @@
 //! - Fashion-MNIST: Debian package `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`),
 //!   or the folder in `OML_FASHION_MNIST_DIR`.
 
+mod common;
+
+use common::f32s;
+
 use std::path::{Path, PathBuf};
 
 use oml::data::{CheckOptions, check_csv, convert_fashion_mnist};
@@ -41,16 +45,6 @@ fn dinov2_weights() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/weights"))
         .join("vits14_dinov2_imgfocus.safetensors")
-}
-
-fn f32s(b64: &str) -> Vec<f32> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .expect("base64")
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// Parity with Python OML's `ViTExtractor(arch="vits14")` on the real weights and 4 real photos,
