@@ -1,8 +1,486 @@
-//! Backbones that turn images `[B, 3, H, W]` into embeddings `[B, D]`.
+//! Backbones that turn images `[B, 3, H, W]` into embeddings `[B, D]`, with OML's extractor
+//! semantics, and the loading of their weights.
 //!
-//! So far: the ViT of DINO and DINOv2 ([`vit`]); ResNet, CLIP and the zoo come with the backbones
-//! issue's next steps.
+//! - [`ViTExtractor`]: DINO (`vits16`, `vits8`, `vitb16`, `vitb8`) and DINOv2 (`vits14`, `vitb14`,
+//!   `vitl14`, `*_reg`);
+//! - [`ResNetExtractor`]: torchvision ResNet 18-152 and MoCo v2's `resnet50_projector`;
+//! - [`ClipVisual`]: CLIP's visual tower (`vitb32_224`, `vitb16_224`, `vitl14_224`, `vitl14_336`);
+//! - [`ExtractorWithMLP`]: any of them plus an MLP head.
+//!
+//! [`ModelSpec`] names an arch and its options; [`load`] builds it from a weights file
+//! (safetensors or a PyTorch checkpoint, OML's or the Hub's layouts), as constants for inference or
+//! as variables of a [`VarMap`] for fine-tuning.
 
+pub mod clip;
+pub mod layouts;
+pub mod resnet;
 pub mod vit;
+pub mod weights;
 
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+pub use clip::{ClipConfig, ClipVisual};
+pub use resnet::{ResNetConfig, ResNetExtractor};
 pub use vit::{ViTConfig, ViTExtractor};
+
+use crate::{Error, Result};
+
+/// A network that embeds a batch of images.
+pub trait Extractor: Send + Sync {
+    /// Length of an embedding.
+    fn feat_dim(&self) -> usize;
+
+    /// Embeddings `[B, D]` of images `[B, 3, H, W]`; `train` switches batch norm to batch
+    /// statistics (networks without batch norm ignore it).
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor>;
+
+    /// Embeddings in inference mode.
+    fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        self.forward_t(images, false)
+    }
+}
+
+/// OML's `normalise`: rows divided by their L2 norm, the norm treated as a constant (detached) in
+/// the backward pass, as OML does.
+pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
+    let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.detach();
+    Ok(x.broadcast_div(&norms)?)
+}
+
+impl Extractor for ViTExtractor {
+    fn feat_dim(&self) -> usize {
+        ViTExtractor::feat_dim(self)
+    }
+    fn forward_t(&self, images: &Tensor, _train: bool) -> Result<Tensor> {
+        self.forward(images)
+    }
+}
+
+impl Extractor for ResNetExtractor {
+    fn feat_dim(&self) -> usize {
+        ResNetExtractor::feat_dim(self)
+    }
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        ResNetExtractor::forward_t(self, images, train)
+    }
+}
+
+impl Extractor for ClipVisual {
+    fn feat_dim(&self) -> usize {
+        ClipVisual::feat_dim(self)
+    }
+    fn forward_t(&self, images: &Tensor, _train: bool) -> Result<Tensor> {
+        self.forward(images)
+    }
+}
+
+/// OML's `ExtractorWithMLP`: a backbone followed by torchvision's `MLP(feat_dim, features)`
+/// (linear layers with ReLU between them, none after the last). With the backbone frozen its
+/// features are detached, so no gradient reaches it.
+pub struct ExtractorWithMLP {
+    backbone: Box<dyn Extractor>,
+    layers: Vec<Linear>,
+    train_backbone: AtomicBool,
+}
+
+impl ExtractorWithMLP {
+    /// Builds the head from `vb` (`{3i}.weight`, `{3i}.bias` as torchvision's MLP names them).
+    pub fn new(
+        backbone: Box<dyn Extractor>,
+        features: &[usize],
+        train_backbone: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if features.is_empty() || features.contains(&0) {
+            return Err(Error::param(
+                "mlp_features",
+                format!("{features:?}"),
+                "at least one layer, every size > 0",
+            ));
+        }
+        let mut cin = backbone.feat_dim();
+        let mut layers = Vec::with_capacity(features.len());
+        for (i, &n) in features.iter().enumerate() {
+            layers.push(candle_nn::linear(cin, n, vb.pp((3 * i).to_string()))?);
+            cin = n;
+        }
+        Ok(ExtractorWithMLP {
+            backbone,
+            layers,
+            train_backbone: AtomicBool::new(train_backbone),
+        })
+    }
+
+    /// Stops gradients at the backbone (OML's `freeze`).
+    pub fn freeze(&self) {
+        self.train_backbone.store(false, Ordering::Relaxed);
+    }
+
+    /// Lets gradients reach the backbone again (OML's `unfreeze`).
+    pub fn unfreeze(&self) {
+        self.train_backbone.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Extractor for ExtractorWithMLP {
+    fn feat_dim(&self) -> usize {
+        self.layers
+            .last()
+            .map(|l| l.weight().dim(0).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        let trainable = self.train_backbone.load(Ordering::Relaxed);
+        let mut x = self.backbone.forward_t(images, train && trainable)?;
+        if !trainable {
+            x = x.detach();
+        }
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x)?;
+            if i < last {
+                x = x.relu()?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// The three backbone families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// DINO / DINOv2 ViT.
+    Vit,
+    /// torchvision ResNet.
+    Resnet,
+    /// CLIP's visual tower.
+    Clip,
+}
+
+impl Family {
+    /// The family of an arch name, or an error listing every known arch.
+    pub fn of(arch: &str) -> Result<Family> {
+        if vit::VIT_ARCHS.contains(&arch) {
+            Ok(Family::Vit)
+        } else if resnet::RESNET_ARCHS.contains(&arch) {
+            Ok(Family::Resnet)
+        } else if clip::CLIP_ARCHS.contains(&arch) {
+            Ok(Family::Clip)
+        } else {
+            Err(Error::UnknownName {
+                kind: "arch",
+                name: arch.to_owned(),
+                known: all_archs().iter().map(|s| s.to_string()).collect(),
+            })
+        }
+    }
+
+    /// The attribute under which OML's extractor keeps the network (`model` or `visual`), which is
+    /// the key prefix inside an `ExtractorWithMLP` checkpoint.
+    fn oml_attribute(self) -> &'static str {
+        match self {
+            Family::Vit | Family::Resnet => "model",
+            Family::Clip => "visual",
+        }
+    }
+
+    /// Keys a checkpoint may carry that the extractor does not use: DINOv2's training-only
+    /// `mask_token`, DINO's projection heads, BatchNorm's counters, the removed classifier.
+    fn ignorable(self, key: &str) -> bool {
+        match self {
+            Family::Vit => key == "mask_token" || key.starts_with("head."),
+            Family::Resnet => key.ends_with("num_batches_tracked") || key.starts_with("fc."),
+            Family::Clip => false,
+        }
+    }
+
+    /// A key every checkpoint of the family has, from which a prefix is found (OML's trial keys,
+    /// spelled as whole keys).
+    fn trial_key(self) -> &'static str {
+        match self {
+            Family::Vit => "norm.bias",
+            Family::Resnet => "conv1.weight",
+            Family::Clip => "class_embedding",
+        }
+    }
+}
+
+/// Every arch name this crate can build.
+pub fn all_archs() -> Vec<&'static str> {
+    let mut v: Vec<&str> = vit::VIT_ARCHS.to_vec();
+    v.extend(resnet::RESNET_ARCHS);
+    v.extend(clip::CLIP_ARCHS);
+    v
+}
+
+/// An arch and its options: what to build before weights are loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// OML's arch name (`vits14`, `resnet50`, `vitb32_224`, ...).
+    pub arch: String,
+    /// L2-normalise the output.
+    #[serde(default)]
+    pub normalise: bool,
+    /// ResNet only: GeM pooling power.
+    #[serde(default)]
+    pub gem_p: Option<f64>,
+    /// DINO ViT only: average over three scales (OML's `use_multi_scale`).
+    #[serde(default)]
+    pub multi_scale: bool,
+    /// Sizes of an MLP head (OML's `ExtractorWithMLP`); empty for none.
+    #[serde(default)]
+    pub mlp: Vec<usize>,
+    /// With an MLP head: whether gradients reach the backbone.
+    #[serde(default = "yes")]
+    pub train_backbone: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ModelSpec {
+    /// A spec with OML's defaults for `arch`.
+    pub fn new(arch: &str) -> Self {
+        ModelSpec {
+            arch: arch.to_owned(),
+            normalise: false,
+            gem_p: None,
+            multi_scale: false,
+            mlp: Vec::new(),
+            train_backbone: true,
+        }
+    }
+
+    /// The family, or an error listing the known archs.
+    pub fn family(&self) -> Result<Family> {
+        Family::of(&self.arch)
+    }
+
+    fn check(&self) -> Result<Family> {
+        let family = self.family()?;
+        if self.gem_p.is_some() && family != Family::Resnet {
+            return Err(Error::param(
+                "gem_p",
+                format!("{:?}", self.gem_p),
+                "GeM pooling applies to ResNet archs only",
+            ));
+        }
+        if self.multi_scale && family != Family::Vit {
+            return Err(Error::param(
+                "multi_scale",
+                true,
+                "multi-scale averaging applies to ViT archs only",
+            ));
+        }
+        Ok(family)
+    }
+
+    /// Length of the embeddings this spec produces.
+    pub fn feat_dim(&self) -> Result<usize> {
+        if let Some(&n) = self.mlp.last() {
+            return Ok(n);
+        }
+        Ok(match self.check()? {
+            Family::Vit => ViTConfig::from_arch(&self.arch)?.embed_dim,
+            Family::Resnet => ResNetConfig::from_arch(&self.arch)?.feat_dim(),
+            Family::Clip => ClipConfig::from_arch(&self.arch)?.output_dim,
+        })
+    }
+
+    /// Builds the backbone (and head) from `vb` with this spec.
+    pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn Extractor>> {
+        let family = self.check()?;
+        let normalise = self.normalise && self.mlp.is_empty();
+        let backbone: Box<dyn Extractor> = match family {
+            Family::Vit => {
+                let mut cfg = ViTConfig::from_arch(&self.arch)?;
+                cfg.normalise = normalise;
+                cfg.multi_scale = self.multi_scale;
+                Box::new(ViTExtractor::new(&cfg, vb.clone())?)
+            }
+            Family::Resnet => {
+                let mut cfg = ResNetConfig::from_arch(&self.arch)?;
+                cfg.normalise = normalise;
+                cfg.gem_p = self.gem_p;
+                Box::new(ResNetExtractor::new(&cfg, vb.clone())?)
+            }
+            Family::Clip => {
+                let mut cfg = ClipConfig::from_arch(&self.arch)?;
+                cfg.normalise = normalise;
+                Box::new(ClipVisual::new(&cfg, vb.clone())?)
+            }
+        };
+        if self.mlp.is_empty() {
+            return Ok(backbone);
+        }
+        let head = ExtractorWithMLP::new(
+            backbone,
+            &self.mlp,
+            self.train_backbone,
+            vb.pp("projection"),
+        )?;
+        if self.normalise {
+            return Ok(Box::new(Normalised(head)));
+        }
+        Ok(Box::new(head))
+    }
+}
+
+/// An extractor whose output is L2-normalised.
+struct Normalised<E>(E);
+
+impl<E: Extractor> Extractor for Normalised<E> {
+    fn feat_dim(&self) -> usize {
+        self.0.feat_dim()
+    }
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        l2_normalise(&self.0.forward_t(images, train)?)
+    }
+}
+
+/// Builds `spec` from a weights file onto `device`: constants for inference when `varmap` is
+/// `None`, variables of `varmap` (which then holds exactly the network's tensors) for fine-tuning.
+///
+/// Accepts safetensors and PyTorch checkpoints; OML's rules (unwrap `state_dict`, drop
+/// `criterion.*`, strip a key prefix) and the Hub's layouts (timm, Hugging Face transformers) are
+/// applied, then every tensor must be present with its shape, or the error lists what is missing,
+/// misshapen and unexpected.
+pub fn load(
+    spec: &ModelSpec,
+    path: &Path,
+    device: &Device,
+    varmap: Option<&VarMap>,
+) -> Result<Box<dyn Extractor>> {
+    let family = spec.check()?;
+    let raw = weights::read_state_dict(path, device)?;
+    let tensors = prepare(spec, family, raw)?;
+    let what = format!("{} network", spec.arch);
+    weights::build_checked(
+        tensors,
+        device,
+        varmap,
+        &|k| family.ignorable(k),
+        &what,
+        path,
+        |vb| spec.build(vb),
+    )
+}
+
+/// Builds any network of `family` from a weights file with the same rules as [`load`], for
+/// configurations that are not a named arch (small test networks, custom widths).
+pub fn load_with<T>(
+    family: Family,
+    path: &Path,
+    device: &Device,
+    varmap: Option<&VarMap>,
+    build: impl FnOnce(VarBuilder) -> Result<T>,
+) -> Result<T> {
+    let raw = weights::read_state_dict(path, device)?;
+    let tensors = prepare(&ModelSpec::new(""), family, raw)?;
+    let what = format!("{family:?} network");
+    weights::build_checked(
+        tensors,
+        device,
+        varmap,
+        &|k| family.ignorable(k),
+        &what,
+        path,
+        build,
+    )
+}
+
+/// Applies OML's cleaning and the layout conversions: backbone keys at the root, an MLP head under
+/// `projection.`.
+fn prepare(
+    spec: &ModelSpec,
+    family: Family,
+    mut raw: weights::StateDict,
+) -> Result<weights::StateDict> {
+    raw.retain(|k, _| !k.starts_with("criterion."));
+    let (backbone, head) = if spec.mlp.is_empty() {
+        (raw, weights::StateDict::new())
+    } else {
+        weights::strip_prefix_before(&mut raw, "extractor.");
+        let inner = format!("extractor.{}.", family.oml_attribute());
+        let mut backbone = weights::StateDict::new();
+        let mut head = weights::StateDict::new();
+        for (k, t) in raw {
+            if let Some(rest) = k.strip_prefix(&inner) {
+                backbone.insert(rest.to_owned(), t);
+            } else {
+                head.insert(k, t);
+            }
+        }
+        (backbone, head)
+    };
+    let mut backbone = layouts::to_oml(family, backbone)?;
+    weights::strip_prefix_before(&mut backbone, family.trial_key());
+    backbone.extend(head);
+    Ok(backbone)
+}
+
+/// Random initialisation of `spec` into `varmap` (training from scratch): weights drawn as
+/// candle's layer constructors do, LayerNorm/BatchNorm at identity.
+pub fn init(spec: &ModelSpec, varmap: &VarMap, device: &Device) -> Result<Box<dyn Extractor>> {
+    let vb = VarBuilder::from_varmap(varmap, candle_core::DType::F32, device);
+    spec.build(vb)
+}
+
+/// LayerNorm that trains: candle's fused kernel (fast, but without a backward pass) when its
+/// weights are constants, the composed formula (differentiable) when they are variables.
+pub(crate) struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    pub(crate) fn new(d: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Norm {
+            weight: vb.get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    /// Whether the weights are variables (the network is being fine-tuned).
+    pub(crate) fn trainable(&self) -> bool {
+        self.weight.is_variable()
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.trainable() && x.is_contiguous() {
+            return Ok(candle_nn::ops::layer_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )?);
+        }
+        let mean = x.mean_keepdim(candle_core::D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?)
+    }
+}
+
+/// Softmax over the last dimension: candle's fused kernel for inference, the composed
+/// (differentiable) one when `train`.
+pub(crate) fn softmax_last(x: &Tensor, train: bool) -> Result<Tensor> {
+    if train {
+        return Ok(candle_nn::ops::softmax(x, candle_core::D::Minus1)?);
+    }
+    Ok(candle_nn::ops::softmax_last_dim(x)?)
+}

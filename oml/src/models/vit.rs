@@ -1,5 +1,5 @@
 //! Vision Transformer as DINO (v1) and DINOv2 define it, with OML's extractor semantics: the CLS
-//! token after the final LayerNorm, position embeddings resized for any input whose sides are
+//! token after the final  position embeddings resized for any input whose sides are
 //! multiples of the patch.
 //!
 //! Shapes: input `[B, 3, H, W]` (`H`, `W` multiples of the patch), tokens `[B, 1 + h * w, D]`,
@@ -13,8 +13,8 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -45,7 +45,25 @@ pub struct ViTConfig {
     pub eps: f64,
     /// Whether to L2-normalise the output.
     pub normalise: bool,
+    /// OML's `use_multi_scale`: the mean of the embeddings at scales 1, 1/sqrt(2) and 1/2
+    /// (bilinear, as DINO's evaluation does). DINO (v1) only: DINOv2 needs multiples of 14.
+    #[serde(default)]
+    pub multi_scale: bool,
 }
+
+/// Every arch [`ViTConfig::from_arch`] knows.
+pub const VIT_ARCHS: [&str; 10] = [
+    "vits16",
+    "vits8",
+    "vitb16",
+    "vitb8",
+    "vits14",
+    "vitb14",
+    "vitl14",
+    "vits14_reg",
+    "vitb14_reg",
+    "vitl14_reg",
+];
 
 impl ViTConfig {
     /// OML's arch names: `vits16`, `vits8`, `vitb16`, `vitb8` (DINO), `vits14`, `vitb14`, `vitl14`
@@ -68,11 +86,7 @@ impl ViTConfig {
                 return Err(Error::UnknownName {
                     kind: "ViT arch",
                     name: other.to_owned(),
-                    known: [
-                        "vits16", "vits8", "vitb16", "vitb8", "vits14", "vitb14", "vitl14",
-                    ]
-                    .map(String::from)
-                    .to_vec(),
+                    known: VIT_ARCHS.map(String::from).to_vec(),
                 });
             }
         };
@@ -87,16 +101,17 @@ impl ViTConfig {
             n_registers: 0,
             eps: 1e-6,
             normalise: false,
+            multi_scale: false,
         })
     }
 }
 
 struct Block {
-    norm1: LayerNorm,
+    norm1: super::Norm,
     qkv: Linear,
     proj: Linear,
     ls1: Option<Tensor>,
-    norm2: LayerNorm,
+    norm2: super::Norm,
     fc1: Linear,
     fc2: Linear,
     ls2: Option<Tensor>,
@@ -107,10 +122,10 @@ impl Block {
     fn new(cfg: &ViTConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.embed_dim;
         let hidden = d * cfg.mlp_ratio;
-        let ln = |name: &str| candle_nn::layer_norm(d, cfg.eps, vb.pp(name));
+        let ln = |name: &str| super::Norm::new(d, cfg.eps, vb.pp(name));
         let gamma = |name: &str| -> Result<Option<Tensor>> {
             Ok(if cfg.layerscale {
-                Some(vb.pp(name).get(d, "gamma")?)
+                Some(vb.pp(name).get_with_hints(d, "gamma", Init::Const(1e-5))?)
             } else {
                 None
             })
@@ -139,7 +154,7 @@ impl Block {
         let q = (qkv.get(0)? * (hd as f64).powf(-0.5))?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let att = super::softmax_last(&q.matmul(&k.t()?)?, self.norm1.trainable())?;
         let out = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
         Ok(self.proj.forward(&out)?)
     }
@@ -168,7 +183,7 @@ pub struct ViTExtractor {
     pos: Tensor,
     registers: Option<Tensor>,
     blocks: Vec<Block>,
-    norm: LayerNorm,
+    norm: super::Norm,
 }
 
 impl ViTExtractor {
@@ -180,7 +195,11 @@ impl ViTExtractor {
             ..Conv2dConfig::default()
         };
         let patch = candle_nn::conv2d(3, d, cfg.patch_size, conv, vb.pp("patch_embed.proj"))?;
-        let cls = vb.get((1, 1, d), "cls_token")?;
+        let small = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let cls = vb.get_with_hints((1, 1, d), "cls_token", small)?;
         let m = cfg.pos_grid;
         if m == 0 {
             return Err(Error::param(
@@ -189,16 +208,16 @@ impl ViTExtractor {
                 "the side of the position grid, > 0",
             ));
         }
-        let pos = vb.get((1, 1 + m * m, d), "pos_embed")?;
+        let pos = vb.get_with_hints((1, 1 + m * m, d), "pos_embed", small)?;
         let registers = if cfg.n_registers > 0 {
-            Some(vb.get((1, cfg.n_registers, d), "register_tokens")?)
+            Some(vb.get_with_hints((1, cfg.n_registers, d), "register_tokens", small)?)
         } else {
             None
         };
         let blocks = (0..cfg.depth)
             .map(|i| Block::new(cfg, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<_>>()?;
-        let norm = candle_nn::layer_norm(d, cfg.eps, vb.pp("norm"))?;
+        let norm = super::Norm::new(d, cfg.eps, vb.pp("norm"))?;
         Ok(ViTExtractor {
             cfg: cfg.clone(),
             patch,
@@ -210,30 +229,11 @@ impl ViTExtractor {
         })
     }
 
-    /// Loads weights from a safetensors file onto `device`.
+    /// Loads weights from a file onto `device` (safetensors or a PyTorch checkpoint, DINO's,
+    /// timm's or Hugging Face's layout; see [`crate::models::load`] for the rules).
     pub fn from_safetensors(cfg: &ViTConfig, path: &Path, device: &Device) -> Result<Self> {
-        let mut tensors =
-            candle_core::safetensors::load(path, device).map_err(|e| Error::Format {
-                path: path.to_path_buf(),
-                message: format!("not a readable safetensors file: {e}"),
-            })?;
-        // timm's DINOv2 layout: `reg_token`, and `pos_embed` without the class slot (the class
-        // position is folded into `cls_token`): a zero slot in front is exact.
-        if let Some(reg) = tensors.remove("reg_token") {
-            tensors.entry("register_tokens".to_owned()).or_insert(reg);
-        }
-        let m = cfg.pos_grid;
-        if let Some(pos) = tensors.get("pos_embed")
-            && pos.dims() == [1, m * m, cfg.embed_dim]
-        {
-            let zero = Tensor::zeros((1, 1, cfg.embed_dim), pos.dtype(), device)?;
-            let full = Tensor::cat(&[&zero, pos], 1)?;
-            tensors.insert("pos_embed".to_owned(), full);
-        }
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        Self::new(cfg, vb).map_err(|e| Error::Format {
-            path: path.to_path_buf(),
-            message: format!("weights do not fit the {} ViT: {e}", cfg.embed_dim),
+        super::load_with(super::Family::Vit, path, device, None, |vb| {
+            Self::new(cfg, vb)
         })
     }
 
@@ -242,35 +242,67 @@ impl ViTExtractor {
         self.cfg.embed_dim
     }
 
-    /// Position embeddings for a `gh x gw` grid of patches: `[1, 1 + gh * gw, D]`.
+    /// Position embeddings for a `gh x gw` grid of patches: `[1, 1 + gh * gw, D]`. The resize is
+    /// a product with a fixed interpolation matrix, so gradients reach `pos_embed` when
+    /// fine-tuning at any size.
     fn position_embeddings(&self, gh: usize, gw: usize) -> Result<Tensor> {
-        let d = self.cfg.embed_dim;
         let m = self.cfg.pos_grid;
         if gh == m && gw == m {
             return Ok(self.pos.clone());
         }
-        let grid: Vec<f32> = self
-            .pos
-            .narrow(1, 1, m * m)?
-            .flatten_all()?
-            .to_device(&Device::Cpu)?
-            .to_vec1()?;
-        let resized = if self.cfg.n_registers > 0 {
-            antialiased_resize_grid(&grid, m, d, gh, gw)
+        let (ty, tx) = if self.cfg.n_registers > 0 {
+            (antialiased_taps(m, gh), antialiased_taps(m, gw))
         } else {
-            bicubic_resize_grid(&grid, m, d, gh, gw, 0.1)
+            (bicubic_taps(m, gh, 0.1), bicubic_taps(m, gw, 0.1))
         };
-        let patch = Tensor::from_vec(resized, (1, gh * gw, d), self.pos.device())?;
+        let mut matrix = vec![0f32; gh * gw * m * m];
+        for (oy, wy) in ty.iter().enumerate() {
+            for (ox, wx) in tx.iter().enumerate() {
+                let row = &mut matrix[(oy * gw + ox) * m * m..(oy * gw + ox + 1) * m * m];
+                for &(iy, a) in wy {
+                    for &(ix, b) in wx {
+                        row[iy * m + ix] += a * b;
+                    }
+                }
+            }
+        }
+        let matrix = Tensor::from_vec(matrix, (gh * gw, m * m), self.pos.device())?
+            .to_dtype(self.pos.dtype())?;
+        let grid = self.pos.narrow(1, 1, m * m)?.squeeze(0)?;
+        let patch = matrix.matmul(&grid)?.unsqueeze(0)?;
         Ok(Tensor::cat(&[&self.pos.narrow(1, 0, 1)?, &patch], 1)?)
     }
 
-    /// Embeddings `[B, D]` of images `[B, 3, H, W]`.
+    /// Embeddings `[B, D]`: one scale, or OML's multi-scale mean when configured.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let out = if self.cfg.multi_scale {
+            let (_, _, h, w) = images.dims4()?;
+            let mut sum = self.forward_one(images)?;
+            for s in [1.0 / 2f64.sqrt(), 0.5] {
+                let scaled = bilinear_scale(images, h, w, s)?;
+                sum = (sum + self.forward_one(&scaled)?)?;
+            }
+            (sum / 3.0)?
+        } else {
+            self.forward_one(images)?
+        };
+        if self.cfg.normalise {
+            return super::l2_normalise(&out);
+        }
+        Ok(out)
+    }
+
+    /// Embeddings `[B, D]` of images `[B, 3, H, W]` at one scale, before normalisation. DINOv2
+    /// (LayerScale) needs sides that are multiples of the patch, as its patch embedding asserts;
+    /// DINO (v1) drops the remainder, as its convolution does.
+    fn forward_one(&self, images: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = images.dims4()?;
         let p = self.cfg.patch_size;
-        if c != 3 || h % p != 0 || w % p != 0 || h == 0 || w == 0 {
+        let strict = self.cfg.layerscale || self.cfg.n_registers > 0;
+        if c != 3 || h < p || w < p || (strict && (h % p != 0 || w % p != 0)) {
             return Err(Error::Msg(format!(
-                "ViT input must be [B, 3, H, W] with H and W multiples of {p}; got {:?}",
+                "ViT input must be [B, 3, H, W] with H and W {} {p}; got {:?}",
+                if strict { "multiples of" } else { "at least" },
                 images.dims()
             )));
         }
@@ -289,103 +321,79 @@ impl ViTExtractor {
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        let out = self.norm.forward(&x)?.narrow(1, 0, 1)?.squeeze(1)?;
-        if self.cfg.normalise {
-            let norms = out.sqr()?.sum_keepdim(1)?.sqrt()?;
-            return Ok(out.broadcast_div(&norms)?);
-        }
-        Ok(out)
+        Ok(self.norm.forward(&x)?.narrow(1, 0, 1)?.squeeze(1)?)
     }
 }
 
-/// PyTorch's bicubic interpolation (`a = -0.75`, `align_corners = False`) of an `m x m` grid of
-/// `d`-vectors to `gh x gw`, with OML's `scale_factor = (g + offset) / m`.
-fn bicubic_resize_grid(
-    grid: &[f32],
-    m: usize,
-    d: usize,
-    gh: usize,
-    gw: usize,
-    offset: f64,
-) -> Vec<f32> {
-    let weights = |g: usize| -> Vec<([usize; 4], [f32; 4])> {
-        let scale = m as f64 / (g as f64 + offset);
-        (0..g)
-            .map(|i| {
-                let src = (i as f64 + 0.5) * scale - 0.5;
-                let f = src.floor();
-                let t = (src - f) as f32;
-                let base = f as i64;
-                let idx =
-                    [base - 1, base, base + 1, base + 2].map(|j| j.clamp(0, m as i64 - 1) as usize);
-                (idx, cubic_weights(t))
-            })
-            .collect()
-    };
-    let (wy, wx) = (weights(gh), weights(gw));
-    let mut out = vec![0f32; gh * gw * d];
-    for (oy, (iy, cy)) in wy.iter().enumerate() {
-        for (ox, (ix, cx)) in wx.iter().enumerate() {
-            let o = &mut out[(oy * gw + ox) * d..(oy * gw + ox + 1) * d];
-            for a in 0..4 {
-                for bb in 0..4 {
-                    let w = cy[a] * cx[bb];
-                    let s = &grid[(iy[a] * m + ix[bb]) * d..(iy[a] * m + ix[bb] + 1) * d];
-                    for (o, s) in o.iter_mut().zip(s) {
-                        *o += w * s;
-                    }
-                }
-            }
-        }
-    }
-    out
+/// PyTorch's bicubic interpolation (`a = -0.75`, `align_corners = False`) from `m` to `g`
+/// samples with OML's `scale_factor = (g + offset) / m`: per output index, four (clamped) source
+/// indices and weights. Output `i` reads source `(i + 0.5) * m / (g + offset) - 0.5`.
+fn bicubic_taps(m: usize, g: usize, offset: f64) -> Vec<Vec<(usize, f32)>> {
+    let scale = m as f64 / (g as f64 + offset);
+    (0..g)
+        .map(|i| {
+            let src = (i as f64 + 0.5) * scale - 0.5;
+            let f = src.floor();
+            let w = cubic_weights((src - f) as f32);
+            let base = f as i64;
+            (0..4)
+                .map(|j| {
+                    let idx = (base - 1 + j as i64).clamp(0, m as i64 - 1) as usize;
+                    (idx, w[j])
+                })
+                .collect()
+        })
+        .collect()
 }
 
-/// PyTorch's antialiased bicubic (the PIL filter, `a = -0.5`) of an `m x m` grid of `d`-vectors
-/// to `gh x gw`: per output index a normalised window of taps, separable.
-fn antialiased_resize_grid(grid: &[f32], m: usize, d: usize, gh: usize, gw: usize) -> Vec<f32> {
-    let taps = |g: usize| -> Vec<Vec<(usize, f32)>> {
-        let scale = m as f64 / g as f64;
-        let support_scale = scale.max(1.0);
-        let support = 2.0 * support_scale;
-        (0..g)
-            .map(|i| {
-                let centre = scale * (i as f64 + 0.5);
-                let lo = (centre - support + 0.5).floor().max(0.0) as usize;
-                let hi = ((centre + support + 0.5).floor() as usize).min(m);
-                let mut w: Vec<(usize, f32)> = (lo..hi)
-                    .map(|j| {
-                        (
-                            j,
-                            pil_cubic((j as f64 - centre + 0.5) / support_scale) as f32,
-                        )
-                    })
-                    .collect();
-                let total: f32 = w.iter().map(|(_, x)| x).sum();
-                if total != 0.0 {
-                    w.iter_mut().for_each(|(_, x)| *x /= total);
-                }
-                w
-            })
-            .collect()
-    };
-    let (ty, tx) = (taps(gh), taps(gw));
-    let mut out = vec![0f32; gh * gw * d];
-    for (oy, wy) in ty.iter().enumerate() {
-        for (ox, wx) in tx.iter().enumerate() {
-            let o = &mut out[(oy * gw + ox) * d..(oy * gw + ox + 1) * d];
-            for &(iy, a) in wy {
-                for &(ix, bb) in wx {
-                    let w = a * bb;
-                    let s = &grid[(iy * m + ix) * d..(iy * m + ix + 1) * d];
-                    for (o, s) in o.iter_mut().zip(s) {
-                        *o += w * s;
-                    }
-                }
+/// PyTorch's antialiased bicubic (the PIL filter, `a = -0.5`) from `m` to `g` samples: per output
+/// index a normalised window of taps.
+fn antialiased_taps(m: usize, g: usize) -> Vec<Vec<(usize, f32)>> {
+    let scale = m as f64 / g as f64;
+    let support_scale = scale.max(1.0);
+    let support = 2.0 * support_scale;
+    (0..g)
+        .map(|i| {
+            let centre = scale * (i as f64 + 0.5);
+            let lo = (centre - support + 0.5).floor().max(0.0) as usize;
+            let hi = ((centre + support + 0.5).floor() as usize).min(m);
+            let mut w: Vec<(usize, f32)> = (lo..hi)
+                .map(|j| {
+                    (
+                        j,
+                        pil_cubic((j as f64 - centre + 0.5) / support_scale) as f32,
+                    )
+                })
+                .collect();
+            let total: f32 = w.iter().map(|(_, x)| x).sum();
+            if total != 0.0 {
+                w.iter_mut().for_each(|(_, x)| *x /= total);
             }
+            w
+        })
+        .collect()
+}
+
+/// PyTorch's `interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)`: output side
+/// `floor(n * s)`, source `(i + 0.5) / s - 0.5` clamped at 0, as two products with fixed matrices.
+fn bilinear_scale(x: &Tensor, h: usize, w: usize, s: f64) -> Result<Tensor> {
+    let matrix = |n: usize| -> Result<Tensor> {
+        let out = (n as f64 * s).floor() as usize;
+        let mut m = vec![0f32; out * n];
+        for i in 0..out {
+            let src = ((i as f64 + 0.5) / s - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(n - 1);
+            let i1 = (i0 + 1).min(n - 1);
+            let t = (src - i0 as f64) as f32;
+            m[i * n + i0] += 1.0 - t;
+            m[i * n + i1] += t;
         }
-    }
-    out
+        Ok(Tensor::from_vec(m, (out, n), x.device())?.to_dtype(x.dtype())?)
+    };
+    let (my, mx) = (matrix(h)?, matrix(w)?);
+    // [B, C, H, W] x [W, W'] -> [B, C, H, W'], then [H', H] x [B, C, H, W'] -> [B, C, H', W'].
+    let x = x.broadcast_matmul(&mx.t()?)?;
+    Ok(my.broadcast_matmul(&x)?)
 }
 
 /// The cubic kernel with `a = -0.5` (PIL's bicubic).
