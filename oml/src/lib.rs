@@ -36,9 +36,11 @@ pub mod error;
 pub mod metrics;
 pub mod models;
 pub mod notebook;
+pub mod progress;
 pub mod retrieval;
 pub mod samplers;
 pub mod viz;
+pub mod zoo;
 
 pub use candle_core as candle;
 pub use candle_nn;

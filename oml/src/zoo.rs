@@ -1,0 +1,417 @@
+//! The model zoo: OML's pretrained names, where their weights live on the Hugging Face Hub, and
+//! how to get them into the standard Hub cache (shared with Python's `huggingface_hub`).
+//!
+//! The list is `zoo/models.toml` (compiled in). Weights are looked up in the cache first (no
+//! network at all when a file is there), downloaded with `hf-hub` otherwise, and checked: a Hub LFS
+//! blob is named by its sha256, which is verified after every download.
+//!
+//! Environment, as Python's `huggingface_hub` reads it:
+//! - `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`: the cache;
+//! - `HF_ENDPOINT`: the Hub's address (default `https://huggingface.co`);
+//! - `HF_HUB_OFFLINE=1` or `OML_OFFLINE=1`: never touch the network;
+//! - `HF_TOKEN` (or the `token` file under `HF_HOME`): for gated repositories;
+//! - `OML_HUB_TIMEOUT`: seconds to wait for the Hub's first answer and between chunks (default 20).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Transform;
+use crate::models::{Extractor, Family, ModelSpec};
+use crate::progress::Progress;
+use crate::{Error, Result};
+
+/// The zoo's list, as shipped in the repository.
+pub const MODELS_TOML: &str = include_str!("../../zoo/models.toml");
+
+/// The inference transform OML pairs with a pretrained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZooTransform {
+    /// A [`Transform::preset`] name.
+    pub preset: String,
+    /// OML's `im_size`.
+    pub im_size: u32,
+    /// OML's `crop_size`, where it differs from `im_size`.
+    #[serde(default)]
+    pub crop_size: Option<u32>,
+}
+
+impl ZooTransform {
+    /// The transform itself.
+    pub fn build(&self) -> Result<Transform> {
+        match (self.preset.as_str(), self.crop_size) {
+            ("norm_resize_hypvit" | "norm_resize_hypvit_torch", Some(crop)) => {
+                Ok(Transform::hypvit(self.im_size, crop))
+            }
+            (name, _) => Transform::preset(name, self.im_size),
+        }
+    }
+}
+
+/// One pretrained model of the zoo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZooModel {
+    /// OML's name (`vits14_dinov2`, `resnet50_imagenet1k_v1`, ...).
+    pub name: String,
+    /// OML's arch (absent for models this crate cannot build yet, such as DINOv3).
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// The code path in OML's terms (`dino_vit`, `dinov2_vit`, `resnet`, `clip_vit`, ...).
+    pub family: String,
+    /// Length of the embeddings.
+    pub feat_dim: usize,
+    /// Whether OML L2-normalises this model's output.
+    #[serde(default)]
+    pub normalise_features: bool,
+    /// ResNet's GeM power, where OML uses one.
+    #[serde(default)]
+    pub gem_p: Option<f64>,
+    /// OML's inference transform (absent for models OML does not have).
+    #[serde(default)]
+    pub transform: Option<ZooTransform>,
+    /// The Hub repository holding the weights.
+    pub hub_repo: String,
+    /// The file to take from it.
+    pub hub_file: String,
+    /// Another file of the same repository with the same weights.
+    #[serde(default)]
+    pub fallback_file: Option<String>,
+    /// The key layout of that file.
+    pub hub_layout: String,
+    /// Git revision on the Hub.
+    pub revision: String,
+    /// Whether the repository name was confirmed in public documentation.
+    pub confirmed: bool,
+    /// Whether OML 4.0 has this model.
+    #[serde(default = "yes")]
+    pub in_oml: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ZooModel {
+    /// Whether this crate can build the network.
+    pub fn supported(&self) -> bool {
+        self.arch.as_deref().is_some_and(|a| Family::of(a).is_ok())
+    }
+
+    /// The arch and options to build, as OML's pretrained `init_args` set them.
+    pub fn spec(&self) -> Result<ModelSpec> {
+        let arch = self
+            .arch
+            .as_deref()
+            .filter(|_| self.supported())
+            .ok_or_else(|| {
+                Error::Msg(format!(
+                    "zoo model '{}' ({}) has no network in this version of oml; its weights can be \
+                 downloaded (`oml zoo download {}`) but not run",
+                    self.name, self.family, self.name
+                ))
+            })?;
+        let mut spec = ModelSpec::new(arch);
+        spec.normalise = self.normalise_features;
+        spec.gem_p = self.gem_p;
+        Ok(spec)
+    }
+
+    /// OML's inference transform for this model.
+    pub fn transform(&self) -> Result<Transform> {
+        match &self.transform {
+            Some(t) => t.build(),
+            None => Err(Error::Msg(format!(
+                "zoo model '{}' has no OML transform; pass one explicitly",
+                self.name
+            ))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ZooFile {
+    model: Vec<ZooModel>,
+    #[serde(default)]
+    extra: Vec<ZooModel>,
+}
+
+/// Every model of the zoo: OML's first, then the extras.
+pub fn models() -> Result<&'static [ZooModel]> {
+    static MODELS: OnceLock<std::result::Result<Vec<ZooModel>, String>> = OnceLock::new();
+    let parsed = MODELS.get_or_init(|| {
+        let file: ZooFile = toml::from_str(MODELS_TOML).map_err(|e| e.to_string())?;
+        let mut all = file.model;
+        all.extend(file.extra);
+        Ok(all)
+    });
+    match parsed {
+        Ok(v) => Ok(v.as_slice()),
+        Err(e) => Err(Error::Msg(format!("zoo/models.toml: {e}"))),
+    }
+}
+
+/// The zoo model called `name`, or an error listing every name.
+pub fn find(name: &str) -> Result<&'static ZooModel> {
+    let all = models()?;
+    all.iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| Error::UnknownName {
+            kind: "zoo model",
+            name: name.to_owned(),
+            known: all.iter().map(|m| m.name.clone()).collect(),
+        })
+}
+
+/// Where and how to reach the Hub.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    /// The Hub cache (`models--org--name/{blobs,snapshots,refs}`).
+    pub cache_dir: PathBuf,
+    /// The Hub's address.
+    pub endpoint: String,
+    /// Never touch the network.
+    pub offline: bool,
+    /// Longest wait for the first answer, and between two chunks of a download.
+    pub timeout: Duration,
+    /// Access token for gated repositories.
+    pub token: Option<String>,
+}
+
+fn truthy(var: &str) -> bool {
+    std::env::var(var)
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+        .unwrap_or(false)
+}
+
+impl Hub {
+    /// The settings Python's `huggingface_hub` would use, from the environment.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            let base = var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from(".cache"));
+            base.join("huggingface")
+        });
+        let cache_dir = var("HF_HUB_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join("hub"));
+        let token = var("HF_TOKEN").or_else(|| {
+            std::fs::read_to_string(home.join("token"))
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+        });
+        let timeout = var("OML_HUB_TIMEOUT")
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(Duration::from_secs(20));
+        Hub {
+            cache_dir,
+            endpoint: var("HF_ENDPOINT")
+                .unwrap_or_else(|| "https://huggingface.co".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            offline: truthy("HF_HUB_OFFLINE") || truthy("OML_OFFLINE"),
+            timeout,
+            token,
+        }
+    }
+
+    fn repo(repo: &str, revision: &str) -> hf_hub::Repo {
+        hf_hub::Repo::with_revision(
+            repo.to_owned(),
+            hf_hub::RepoType::Model,
+            revision.to_owned(),
+        )
+    }
+
+    /// The cached file, if there is one (a pure file lookup).
+    pub fn cached(&self, repo: &str, revision: &str, file: &str) -> Option<PathBuf> {
+        hf_hub::Cache::new(self.cache_dir.clone())
+            .repo(Self::repo(repo, revision))
+            .get(file)
+            .filter(|p| p.is_file())
+    }
+
+    /// The file from the cache, or downloaded into it (then verified).
+    pub fn fetch(&self, repo: &str, revision: &str, file: &str) -> Result<PathBuf> {
+        if let Some(path) = self.cached(repo, revision, file) {
+            return Ok(path);
+        }
+        if self.offline {
+            return Err(Error::Msg(format!(
+                "{repo}/{file} is not in the Hub cache {} and the network is off \
+                 (HF_HUB_OFFLINE or OML_OFFLINE is set): download it where there is network \
+                 (`oml zoo download`, or Python's `huggingface-cli download {repo} {file}`) and \
+                 copy the cache, or pass a weights file",
+                self.cache_dir.display()
+            )));
+        }
+        let path = self.download(repo, revision, file)?;
+        if let Err(e) = verify_blob(&path) {
+            // A partial or corrupt blob must not stay in the cache looking complete.
+            if let Ok(blob) = std::fs::canonicalize(&path) {
+                let _ = std::fs::remove_file(blob);
+            }
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(path)
+    }
+
+    fn download(&self, repo: &str, revision: &str, file: &str) -> Result<PathBuf> {
+        enum Msg {
+            Init(usize),
+            Update(usize),
+            Done(std::result::Result<PathBuf, String>),
+        }
+        #[derive(Clone)]
+        struct Channel(mpsc::Sender<Msg>);
+        impl hf_hub::api::Progress for Channel {
+            fn init(&mut self, size: usize, _filename: &str) {
+                let _ = self.0.send(Msg::Init(size));
+            }
+            fn update(&mut self, size: usize) {
+                let _ = self.0.send(Msg::Update(size));
+            }
+            fn finish(&mut self) {}
+        }
+        let api = hf_hub::api::sync::ApiBuilder::new()
+            .with_cache_dir(self.cache_dir.clone())
+            .with_endpoint(self.endpoint.clone())
+            .with_token(self.token.clone())
+            .with_progress(false)
+            .build()
+            .map_err(|e| Error::Msg(format!("cannot set up the Hub client: {e}")))?;
+        let (tx, rx) = mpsc::channel();
+        let hub_repo = Self::repo(repo, revision);
+        let name = file.to_owned();
+        // hf-hub (ureq) has no read timeout: the download runs in its own thread and this one
+        // gives up when the Hub stays silent, so a dead connection never hangs the caller.
+        std::thread::Builder::new()
+            .name("oml-hub-download".into())
+            .spawn(move || {
+                let result = api
+                    .repo(hub_repo)
+                    .download_with_progress(&name, Channel(tx.clone()))
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(Msg::Done(result));
+            })
+            .map_err(|e| Error::Msg(format!("cannot start the download thread: {e}")))?;
+        let mut progress = Progress::new(format!("downloading {repo}/{file}"), 0, "B");
+        let mut total = 0;
+        let fail = |why: String| {
+            Error::Msg(format!(
+                "cannot download {repo}/{file} (revision {revision}) from {}: {why}. Check the \
+                 network (or HF_ENDPOINT), set HF_TOKEN for gated repositories, or work offline \
+                 with a filled Hub cache (HF_HUB_OFFLINE=1) or a weights file",
+                self.endpoint
+            ))
+        };
+        loop {
+            match rx.recv_timeout(self.timeout) {
+                Ok(Msg::Init(size)) => {
+                    if size != total {
+                        total = size;
+                        progress.set_total(size as u64);
+                    }
+                }
+                Ok(Msg::Update(n)) => progress.inc(n as u64),
+                Ok(Msg::Done(Ok(path))) => {
+                    progress.finish();
+                    return Ok(path);
+                }
+                Ok(Msg::Done(Err(e))) => return Err(fail(e)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(fail(format!(
+                        "no answer for {:.0} s after {} bytes (OML_HUB_TIMEOUT sets the limit)",
+                        self.timeout.as_secs_f64(),
+                        progress.done()
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(fail("the download thread stopped without a result".into()));
+                }
+            }
+        }
+    }
+}
+
+/// Checks a cached Hub file against its blob name when that is a sha256 (LFS files); other files
+/// (git blobs, named by sha1) are accepted as they are. Returns whether a hash was checked.
+pub fn verify_blob(path: &Path) -> Result<bool> {
+    use sha2::{Digest, Sha256};
+    let blob = std::fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
+    let expected = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(false);
+    }
+    let mut file = std::fs::File::open(&blob).map_err(|e| Error::io("open", &blob, e))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io("read", &blob, e))?;
+    let actual = format!("{:x}", hasher.finalize());
+    if actual != expected {
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            message: format!(
+                "sha256 {actual} differs from the blob's name {expected}: the file is incomplete \
+                 or corrupt; delete it and download again"
+            ),
+        });
+    }
+    Ok(true)
+}
+
+/// The weights file of a zoo model: cached, else downloaded (its fallback file when the main one
+/// cannot be had).
+pub fn weights(model: &ZooModel, hub: &Hub) -> Result<PathBuf> {
+    match hub.fetch(&model.hub_repo, &model.revision, &model.hub_file) {
+        Ok(p) => Ok(p),
+        Err(first) => match &model.fallback_file {
+            Some(f) => hub
+                .fetch(&model.hub_repo, &model.revision, f)
+                .map_err(|_| first),
+            None => Err(first),
+        },
+    }
+}
+
+/// Whether a zoo model's weights are in the cache.
+pub fn is_cached(model: &ZooModel, hub: &Hub) -> bool {
+    hub.cached(&model.hub_repo, &model.revision, &model.hub_file)
+        .is_some()
+        || model
+            .fallback_file
+            .as_deref()
+            .is_some_and(|f| hub.cached(&model.hub_repo, &model.revision, f).is_some())
+}
+
+/// A pretrained extractor by OML's name, with OML's inference transform: weights from the cache,
+/// else from the Hub.
+pub fn load_pretrained(
+    name: &str,
+    hub: &Hub,
+    device: &candle_core::Device,
+) -> Result<(Box<dyn Extractor>, Transform)> {
+    let model = find(name)?;
+    let spec = model.spec()?;
+    let transform = model.transform()?;
+    let path = weights(model, hub)?;
+    let net = crate::models::load(&spec, &path, device, None)?;
+    Ok((net, transform))
+}
