@@ -31,14 +31,19 @@
 //! that says how to get one.
 
 pub mod data;
+pub mod demo;
 pub mod device;
+pub mod embed;
 pub mod error;
+pub mod losses;
 pub mod metrics;
 pub mod models;
 pub mod notebook;
+pub mod pipeline;
 pub mod progress;
 pub mod retrieval;
 pub mod samplers;
+pub mod train;
 pub mod viz;
 pub mod zoo;
 

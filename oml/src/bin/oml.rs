@@ -44,21 +44,73 @@ enum Command {
     /// Retrieval metrics (and optionally per-query results and a retrieval grid) of precomputed
     /// embeddings: row i of the .npy is the i-th validation row of the CSV.
     Evaluate(Box<EvaluateArgs>),
-    /// The main job on the embedded default, offline: generate the glyph dataset, check it and
-    /// print its summary.
+    /// Pretrained models: list them, download their weights, import checkpoints.
+    #[command(subcommand)]
+    Zoo(Zoo),
+    /// Embed every row of a CSV (file order) with a zoo model or an arch and a weights file.
+    Embed(Box<EmbedArgs>),
+    /// The main job, offline: generate the glyph dataset, measure zero-shot retrieval, fine-tune
+    /// within a time budget, validate on unseen letters and write an HTML report.
     Demo {
         /// Output folder.
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
-        /// Folder with DejaVu .ttf files (default: the faces embedded in oml).
+        /// Fine-tuning budget in seconds.
+        #[arg(long, default_value_t = 300.0)]
+        budget: f64,
+        /// Letters used (half train, half validation).
+        #[arg(long, default_value_t = 400)]
+        labels: usize,
+        /// Pretrained DINOv2 ViT-S/14 weights (default: OML_SHARED_WEIGHTS or the zoo's cache;
+        /// without any, a ResNet-18 from scratch).
         #[arg(long)]
-        fonts: Option<PathBuf>,
+        weights: Option<PathBuf>,
+        /// Input side in pixels.
+        #[arg(long, default_value_t = 56)]
+        image_size: u32,
+    },
+    /// Fine-tune from a YAML config (OML's train pipeline).
+    Train {
+        /// The config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides, `key.path=value` (YAML values).
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+    /// Metrics of a config's model (or --weights) on its CSV's validation rows.
+    Validate {
+        /// The config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Weights to validate instead of the config's (e.g. runs/x/best.safetensors).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Overrides, `key.path=value`.
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+    /// Embeddings and top-n results for a CSV (labels optional).
+    Predict {
+        /// The config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Weights instead of the config's.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Output (.npy or .parquet; default logs_dir/embeddings.npy).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overrides, `key.path=value`.
+        #[arg(long = "set")]
+        set: Vec<String>,
     },
 }
 
 #[derive(clap::Args)]
 struct EvaluateArgs {
-    /// float32 [N, D] .npy: row i = the i-th validation row of the CSV (file order).
+    /// float32 [N, D] .npy: row i = the i-th validation row of the CSV (file order), or one row
+    /// per CSV row (as `oml embed` writes), of which the validation rows are taken.
     #[arg(long)]
     embeddings: PathBuf,
     /// The OML CSV.
@@ -106,6 +158,74 @@ struct EvaluateArgs {
 }
 
 #[derive(Subcommand)]
+enum Zoo {
+    /// Every model: name, arch, embedding size, Hub repository, whether its weights are cached.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a model's weights into the Hub cache (or find them there), check their sha256 and
+    /// print the path.
+    Download {
+        /// A zoo name (see `oml zoo list`).
+        name: String,
+    },
+    /// Convert an OML (Lightning) or DINO checkpoint, or any file the loader reads, into a clean
+    /// safetensors file for `--arch` (checked tensor by tensor), ready to push to a Hub repository.
+    Import {
+        /// .ckpt / .pth / .pt / .bin / .safetensors.
+        checkpoint: PathBuf,
+        /// The arch it is a checkpoint of.
+        #[arg(long)]
+        arch: String,
+        /// Sizes of an MLP head (OML's ExtractorWithMLP), comma-separated.
+        #[arg(long, default_value = "")]
+        mlp: String,
+        /// The safetensors file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct EmbedArgs {
+    /// A zoo name (weights from the Hub cache, downloaded when missing and online).
+    #[arg(long, conflicts_with_all = ["arch", "weights"])]
+    model: Option<String>,
+    /// An arch (vits14, resnet50, vitb32_224, ...), with --weights.
+    #[arg(long, requires = "weights")]
+    arch: Option<String>,
+    /// Weights for --arch: safetensors or a PyTorch checkpoint, OML's or the Hub's layout.
+    #[arg(long, requires = "arch")]
+    weights: Option<PathBuf>,
+    /// The OML CSV (labels optional).
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder that relative image paths are relative to (default: the CSV's folder).
+    #[arg(long)]
+    dataset_root: Option<PathBuf>,
+    /// A transform preset (default: the model's, or for --arch the one OML pairs with it).
+    #[arg(long)]
+    transform: Option<String>,
+    /// Image side for the transform (default: the model's).
+    #[arg(long)]
+    image_size: Option<u32>,
+    /// L2-normalise the embeddings.
+    #[arg(long)]
+    normalise: bool,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// cpu, cuda or cuda:i.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// float32 [N, D] .npy, or .parquet (path, label, embedding).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
 enum Convert {
     /// One folder per label (ROOT/<label>/<image>) to an OML CSV with a class-disjoint split.
     ImageFolder {
@@ -150,6 +270,9 @@ enum Datasets {
         /// Seed of the split and the subset.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Validation across font families (queries serif, gallery sans and mono).
+        #[arg(long)]
+        cross_font: bool,
     },
 }
 
@@ -215,31 +338,90 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             fonts,
             max_labels,
             seed,
+            cross_font,
         }) => {
             let config = GlyphsConfig {
                 size,
                 fonts_dir: fonts,
                 max_labels,
                 seed,
+                cross_font,
                 ..GlyphsConfig::default()
             };
             glyphs(&out, &config)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate(args) => evaluate(&args),
-        Command::Demo { out, fonts } => {
-            let root = out.join("glyphs");
-            let config = GlyphsConfig {
-                fonts_dir: fonts,
-                ..GlyphsConfig::default()
+        Command::Zoo(z) => zoo(z),
+        Command::Embed(args) => embed(&args),
+        Command::Demo {
+            out,
+            budget,
+            labels,
+            weights,
+            image_size,
+        } => {
+            let cfg = oml::demo::DemoConfig {
+                out,
+                budget_seconds: budget,
+                max_labels: labels,
+                image_size,
+                weights,
+                ..Default::default()
             };
+            let r = oml::demo::run(&cfg)?;
+            println!();
+            println!("                      CMC@1   mAP@5   (unseen letters, cross-font)");
+            println!("raw pixels            {:.3}", r.raw_pixels_cmc1);
             println!(
-                "oml demo: generating the glyph dataset in {}",
-                root.display()
+                "before fine-tuning    {:.3}   {:.3}   {}",
+                r.before_cmc1, r.before_map5, r.backbone
             );
-            let summary = glyphs(&root, &config)?;
-            println!("checking {}", summary.csv.display());
-            check_data(&summary.csv, Some(root), false, false, true)
+            println!(
+                "after fine-tuning     {:.3}   {:.3}   {} steps in {:.0} s",
+                r.after_cmc1, r.after_map5, r.steps, r.train_seconds
+            );
+            println!("report: {}", r.report.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train { config, set } => {
+            let cfg = oml::pipeline::JobConfig::from_file(&config, &set)?;
+            let r = oml::pipeline::train(&cfg)?;
+            println!(
+                "{:?} after {} steps ({} epochs, {:.0} s); best {}: {}; outputs in {}",
+                r.ending,
+                r.steps,
+                r.epochs,
+                r.seconds,
+                cfg.checkpoint_metric,
+                r.best
+                    .map(|(v, e)| format!("{v:.4} (epoch {e})"))
+                    .unwrap_or_else(|| "-".into()),
+                cfg.logs_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate {
+            config,
+            weights,
+            set,
+        } => {
+            let cfg = oml::pipeline::JobConfig::from_file(&config, &set)?;
+            let m = oml::pipeline::validate(&cfg, weights.as_deref())?;
+            print!("{m}");
+            println!("written to {}", cfg.logs_dir.join("metrics.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict {
+            config,
+            weights,
+            out,
+            set,
+        } => {
+            let cfg = oml::pipeline::JobConfig::from_file(&config, &set)?;
+            let path = oml::pipeline::predict(&cfg, weights.as_deref(), out.as_deref())?;
+            println!("embeddings written to {}", path.display());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -355,7 +537,14 @@ fn evaluate(args: &EvaluateArgs) -> oml::Result<ExitCode> {
         ..CheckOptions::default()
     };
     let table = std::sync::Arc::new(oml::data::SampleTable::from_csv(&args.data, &options)?);
-    let embeddings = oml::retrieval::read_embeddings(&args.embeddings)?;
+    let mut embeddings = oml::retrieval::read_embeddings(&args.embeddings)?;
+    // `oml embed` writes every row of the CSV: keep the validation ones.
+    let validation = table.rows_of(oml::data::Split::Validation);
+    if embeddings.dim(0)? == table.len() && validation.len() != table.len() {
+        let ids: Vec<u32> = validation.iter().map(|&r| r as u32).collect();
+        let ids = oml::candle::Tensor::new(ids.as_slice(), embeddings.device())?;
+        embeddings = embeddings.index_select(&ids, 0)?;
+    }
     let info = QueryGalleryInfo::from_table(&table);
     let (rr, metrics) = oml::metrics::evaluate(&embeddings, &info, &config, &search)
         .map_err(|e| oml::Error::Msg(format!("{}: {e}", args.embeddings.display())))?;
@@ -389,4 +578,155 @@ fn write_json(path: &Path, value: &serde_json::Value) -> oml::Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| oml::Error::Msg(format!("cannot write JSON: {e}")))?;
     std::fs::write(path, text).map_err(|e| oml::Error::io("cannot write", path, e))
+}
+
+fn zoo(command: Zoo) -> oml::Result<ExitCode> {
+    use oml::zoo::{self, Hub};
+    let hub = Hub::from_env();
+    match command {
+        Zoo::List { json } => {
+            let models = zoo::models()?;
+            if json {
+                let rows: Vec<serde_json::Value> = models
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "name": m.name, "arch": m.arch, "feat_dim": m.feat_dim,
+                            "hub_repo": m.hub_repo, "hub_file": m.hub_file,
+                            "cached": zoo::is_cached(m, &hub), "supported": m.supported(),
+                            "in_oml": m.in_oml, "confirmed": m.confirmed,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<24} {:<12} {:>5}  {:<46} {:<6} note",
+                "name", "arch", "dim", "hub repository", "cached"
+            );
+            for m in models {
+                let mut note = Vec::new();
+                if !m.supported() {
+                    note.push("no network in oml yet");
+                }
+                if !m.in_oml {
+                    note.push("not in OML 4.0");
+                }
+                if !m.confirmed {
+                    note.push("repository unconfirmed");
+                }
+                println!(
+                    "{:<24} {:<12} {:>5}  {:<46} {:<6} {}",
+                    m.name,
+                    m.arch.as_deref().unwrap_or("-"),
+                    m.feat_dim,
+                    m.hub_repo,
+                    if zoo::is_cached(m, &hub) { "yes" } else { "no" },
+                    note.join("; ")
+                );
+            }
+            println!("cache: {}", hub.cache_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Zoo::Download { name } => {
+            let model = zoo::find(&name)?;
+            let path = zoo::weights(model, &hub)?;
+            let checked = zoo::verify_blob(&path)?;
+            println!(
+                "{}{}",
+                path.display(),
+                if checked { " (sha256 verified)" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Zoo::Import {
+            checkpoint,
+            arch,
+            mlp,
+            out,
+        } => {
+            let mut spec = oml::models::ModelSpec::new(&arch);
+            spec.mlp = parse_list("--mlp", &mlp)?;
+            let varmap = oml::models::import(&spec, &checkpoint)?;
+            let n = varmap.all_vars().len();
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| oml::Error::io("cannot create folder", parent, e))?;
+            }
+            varmap
+                .save(&out)
+                .map_err(|e| oml::Error::Msg(format!("cannot write {}: {e}", out.display())))?;
+            println!(
+                "wrote {} ({n} tensors of {arch}); embed with: oml embed --arch {arch} --weights {} --data df.csv --out e.npy",
+                out.display(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn embed(args: &EmbedArgs) -> oml::Result<ExitCode> {
+    use oml::data::Transform;
+    let device = oml::device(&args.device)?;
+    let (mut spec, weights, default_transform) = match (&args.model, &args.arch, &args.weights) {
+        (Some(name), _, _) => {
+            let model = oml::zoo::find(name)?;
+            let path = oml::zoo::weights(model, &oml::zoo::Hub::from_env())?;
+            (model.spec()?, path, model.transform.clone())
+        }
+        (None, Some(arch), Some(weights)) => {
+            let paired = oml::zoo::models()?
+                .iter()
+                .find(|m| m.arch.as_deref() == Some(arch.as_str()))
+                .and_then(|m| m.transform.clone());
+            (oml::models::ModelSpec::new(arch), weights.clone(), paired)
+        }
+        _ => {
+            return Err(oml::Error::Msg(
+                "give --model NAME, or --arch ARCH with --weights FILE".into(),
+            ));
+        }
+    };
+    spec.normalise |= args.normalise;
+    let transform = match (&args.transform, default_transform) {
+        (Some(name), _) => Transform::preset(name, args.image_size.unwrap_or(224))?,
+        (None, Some(mut t)) => {
+            if let Some(s) = args.image_size {
+                t.im_size = s;
+                t.crop_size = None;
+            }
+            t.build()?
+        }
+        (None, None) => Transform::preset("norm_resize_torch", args.image_size.unwrap_or(224))?,
+    };
+    let options = CheckOptions {
+        dataset_root: args.dataset_root.clone(),
+        require_labels: false,
+        ..CheckOptions::default()
+    };
+    let table = std::sync::Arc::new(oml::data::SampleTable::from_csv(&args.data, &options)?);
+    let net = oml::models::load(&spec, &weights, &device, None)?;
+    println!(
+        "embedding {} images of {} with {} ({} dims) on {}",
+        table.len(),
+        args.data.display(),
+        spec.arch,
+        net.feat_dim(),
+        args.device
+    );
+    let start = std::time::Instant::now();
+    let source = std::sync::Arc::new(oml::embed::TableImages(table.clone()));
+    let e = oml::embed::embed(net.as_ref(), source, transform, args.batch_size, &device)?;
+    oml::embed::write_embeddings(&args.out, &e, &table.paths, table.labels.as_deref())?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "wrote {} ({} x {}) in {secs:.1} s ({:.1} images/s)",
+        args.out.display(),
+        e.dim(0)?,
+        e.dim(1)?,
+        table.len() as f64 / secs
+    );
+    Ok(ExitCode::SUCCESS)
 }

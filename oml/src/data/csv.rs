@@ -132,3 +132,41 @@ pub fn write_csv(path: &Path, columns: Vec<(&str, Vec<String>)>) -> Result<()> {
         .finish(&mut df)
         .map_err(|e| csv_error(path, &format!("cannot write CSV: {e}")))
 }
+
+/// Writes embeddings as Parquet: a `path` column (the CSV's `path`), `label` when given, and
+/// `embedding`, a list of `dim` float32 per row. Readable by polars, pandas and pyarrow.
+pub fn write_embeddings_parquet(
+    path: &Path,
+    paths: &[String],
+    labels: Option<&[i64]>,
+    values: &[f32],
+    dim: usize,
+) -> Result<()> {
+    use polars::prelude::{NamedFrom, ParquetWriter, Series};
+    let bad = |e: String| Error::Format {
+        path: path.to_path_buf(),
+        message: format!("cannot write Parquet: {e}"),
+    };
+    if dim == 0 || values.len() != paths.len() * dim {
+        return Err(bad(format!(
+            "{} values for {} rows of {dim}",
+            values.len(),
+            paths.len()
+        )));
+    }
+    let rows: Vec<Series> = values
+        .chunks(dim)
+        .map(|c| Series::new("".into(), c))
+        .collect();
+    let mut columns = vec![Column::new("path".into(), paths)];
+    if let Some(l) = labels {
+        columns.push(Column::new("label".into(), l));
+    }
+    columns.push(Column::new("embedding".into(), rows));
+    let mut df = DataFrame::new_infer_height(columns).map_err(|e| bad(e.to_string()))?;
+    let file = std::fs::File::create(path).map_err(|e| Error::io("cannot write", path, e))?;
+    ParquetWriter::new(file)
+        .finish(&mut df)
+        .map(|_| ())
+        .map_err(|e| bad(e.to_string()))
+}

@@ -40,6 +40,12 @@ pub struct GlyphsConfig {
     pub max_labels: Option<usize>,
     /// Smallest number of faces a letter must be drawn in to become a class.
     pub min_images: usize,
+    /// Validation across font families: queries are the serif faces, the gallery the sans and
+    /// mono faces (a letter drawn only without serifs is a gallery distractor). Without it every
+    /// validation image is both query and gallery, and near-identical faces (Sans vs Sans
+    /// Condensed) make retrieval easy.
+    #[serde(default)]
+    pub cross_font: bool,
 }
 
 impl Default for GlyphsConfig {
@@ -51,6 +57,7 @@ impl Default for GlyphsConfig {
             seed: 0,
             max_labels: None,
             min_images: 4,
+            cross_font: false,
         }
     }
 }
@@ -396,6 +403,9 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io("cannot create folder", &dir, e))?;
             let val = is_val[label];
+            let has_serif = drawings
+                .iter()
+                .any(|(k, _)| faces[*k].name.contains("Serif"));
             drawings
                 .iter()
                 .map(|(k, img)| {
@@ -404,13 +414,19 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
                         path: file.clone(),
                         message: format!("cannot write: {e}"),
                     })?;
-                    let flag = if val { "True" } else { "" };
+                    let serif = faces[*k].name.contains("Serif");
+                    let (query, gallery) = match (val, config.cross_font) {
+                        (false, _) => (false, false),
+                        (true, false) => (true, true),
+                        (true, true) => (serif, !serif || !has_serif),
+                    };
+                    let flag = |b: bool| if b { "True" } else { "" }.to_owned();
                     Ok([
                         label.to_string(),
                         format!("images/{folder}/{}.png", faces[*k].name),
                         if val { "validation" } else { "train" }.to_owned(),
-                        flag.to_owned(),
-                        flag.to_owned(),
+                        flag(query),
+                        flag(gallery),
                         cl.script.to_owned(),
                     ])
                 })

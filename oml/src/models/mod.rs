@@ -484,3 +484,12 @@ pub(crate) fn softmax_last(x: &Tensor, train: bool) -> Result<Tensor> {
     }
     Ok(candle_nn::ops::softmax_last_dim(x)?)
 }
+
+/// OML's or DINO's checkpoint (or any supported file) for `spec` as clean tensors in the original
+/// names, exactly those the network uses, checked like [`load`]: ready to save as safetensors
+/// (`oml zoo import`).
+pub fn import(spec: &ModelSpec, path: &Path) -> Result<VarMap> {
+    let varmap = VarMap::new();
+    load(spec, path, &Device::Cpu, Some(&varmap))?;
+    Ok(varmap)
+}

@@ -1,0 +1,155 @@
+//! Losses and miners with OML 4.0's semantics (`tests/golden/loss_semantics.md` lists every
+//! formula and edge case; `tests/golden/losses_oml.json` holds Python OML's values and gradients).
+//!
+//! - [`TripletLoss`], [`TripletLossPlain`], [`TripletLossWithMiner`] (non-squared L2 distances,
+//!   a margin or the soft `log1p(exp(d_ap - d_an))`);
+//! - miners ([`miners`]): all, hard, n-hard, hard-cluster, with a memory bank;
+//! - [`ArcFaceLoss`] (margin, scale, label smoothing, category-aware smoothing),
+//!   [`ArcFaceLossWithMLP`];
+//! - [`SurrogatePrecision`].
+//!
+//! Every loss returns a [`LossOutput`]: the scalar to minimise and OML's logs.
+
+pub mod arcface;
+pub mod miners;
+pub mod surrogate;
+pub mod triplet;
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use arcface::{ArcFaceLoss, ArcFaceLossWithMLP, label_smoothing};
+pub use miners::{
+    AllTripletsMiner, HardClusterMiner, HardTripletsMiner, MinerWithBank, NHardTripletsMiner,
+    NRange, TripletMiner, TripletMinerWithMemory, Triplets,
+};
+pub use surrogate::SurrogatePrecision;
+pub use triplet::{TripletLoss, TripletLossPlain, TripletLossWithMiner};
+
+use crate::{Error, Result};
+
+/// How per-item losses become the loss (OML's `reduction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reduction {
+    /// The mean (NaN for no items, as torch).
+    #[default]
+    Mean,
+    /// The sum.
+    Sum,
+    /// The per-item vector.
+    None,
+}
+
+impl std::str::FromStr for Reduction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mean" => Ok(Reduction::Mean),
+            "sum" => Ok(Reduction::Sum),
+            "none" => Ok(Reduction::None),
+            other => Err(Error::UnknownName {
+                kind: "reduction",
+                name: other.to_owned(),
+                known: vec!["mean".into(), "sum".into(), "none".into()],
+            }),
+        }
+    }
+}
+
+pub(crate) fn reduce(t: &Tensor, reduction: Reduction) -> Result<Tensor> {
+    Ok(match reduction {
+        Reduction::Mean => {
+            let n = t.elem_count();
+            if n == 0 {
+                Tensor::new(f32::NAN, t.device())?
+            } else {
+                t.sum_all()?.affine(1.0 / n as f64, 0.0)?
+            }
+        }
+        Reduction::Sum => t.sum_all()?,
+        Reduction::None => t.clone(),
+    })
+}
+
+/// A loss value and what OML logs with it.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// The value to minimise (a scalar unless the reduction is `None`).
+    pub loss: Tensor,
+    /// OML's logs (`active_tri`, `pos_dist`, `neg_dist`, `accuracy`, ...).
+    pub logs: BTreeMap<String, f64>,
+}
+
+/// A loss on a batch of embeddings and their labels (what the trainer calls).
+pub trait Criterion: Send + Sync {
+    /// The loss of `features` `[B, D]` with `labels` (one per row).
+    fn forward(&self, features: &Tensor, labels: &[i64]) -> Result<LossOutput>;
+}
+
+/// Euclidean distances `[N]` between rows of `a` and `b` (`[N, D]`), with a zero gradient where a
+/// distance is exactly 0 (as torch's `cdist`, instead of sqrt's infinite slope).
+pub fn elementwise_dist(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let sq = (a - b)?.sqr()?.sum(candle_core::D::Minus1)?;
+    safe_sqrt(&sq)
+}
+
+/// Euclidean distance matrix `[N, M]` between the rows of `a` `[N, D]` and `b` `[M, D]`, as torch's
+/// `cdist`: the direct form `sqrt(sum((a - b)^2))` when both sides have at most 25 rows, the
+/// matrix-product form `sqrt(max(|a|^2 + |b|^2 - 2ab, 0))` above (torch's switch, which makes the
+/// diagonal slightly non-zero).
+pub fn pairwise_dist(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (n, _) = a.dims2()?;
+    let (m, _) = b.dims2()?;
+    let sq = if n <= 25 && m <= 25 {
+        a.unsqueeze(1)?
+            .broadcast_sub(&b.unsqueeze(0)?)?
+            .sqr()?
+            .sum(candle_core::D::Minus1)?
+    } else {
+        let a2 = a.sqr()?.sum_keepdim(1)?;
+        let b2 = b.sqr()?.sum_keepdim(1)?.t()?;
+        let ab = a.matmul(&b.t()?)?;
+        a2.broadcast_add(&b2)?.sub(&(ab * 2.0)?)?.relu()?
+    };
+    safe_sqrt(&sq)
+}
+
+/// `sqrt` with a zero gradient at 0.
+fn safe_sqrt(sq: &Tensor) -> Result<Tensor> {
+    let positive = sq.gt(0.0)?;
+    let safe = positive.where_cond(sq, &sq.ones_like()?)?;
+    Ok(positive.where_cond(&safe.sqrt()?, &sq.zeros_like()?)?)
+}
+
+/// The mean of a tensor as `f64` (NaN when empty), for logs.
+pub(crate) fn mean_f64(t: &Tensor) -> Result<f64> {
+    if t.elem_count() == 0 {
+        return Ok(f64::NAN);
+    }
+    Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
+}
+
+/// Checks that a batch can give triplets: at least two labels, each with at least two
+/// instances (OML's `_check_input_labels`).
+pub(crate) fn check_triplet_labels(labels: &[i64]) -> Result<()> {
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for &l in labels {
+        *counts.entry(l).or_default() += 1;
+    }
+    if counts.len() < 2 {
+        return Err(Error::Msg(format!(
+            "a triplet batch needs at least 2 labels; got {} (use a BalanceSampler with n_labels >= 2)",
+            counts.len()
+        )));
+    }
+    if let Some((l, _)) = counts.iter().find(|(_, c)| **c < 2) {
+        return Err(Error::Msg(format!(
+            "label {l} has one instance in the batch; triplets need at least 2 per label \
+             (a BalanceSampler with n_instances >= 2 gives that)"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! Optimisers whose whole state can be saved and restored (so a resumed run is exact): AdamW,
+//! Adam, SGD with momentum and Nesterov; parameter groups with their own learning rates; learning
+//! rate schedules; gradient clipping by global norm.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerKind {
+    /// Adam with decoupled weight decay (torch's AdamW).
+    Adamw {
+        /// Learning rate.
+        lr: f64,
+        /// Decoupled weight decay.
+        #[serde(default = "default_wd")]
+        weight_decay: f64,
+        /// (beta1, beta2).
+        #[serde(default = "default_betas")]
+        betas: (f64, f64),
+        /// Epsilon.
+        #[serde(default = "default_eps")]
+        eps: f64,
+    },
+    /// Adam with L2 weight decay added to the gradient (torch's Adam).
+    Adam {
+        /// Learning rate.
+        lr: f64,
+        /// L2 penalty.
+        #[serde(default)]
+        weight_decay: f64,
+        /// (beta1, beta2).
+        #[serde(default = "default_betas")]
+        betas: (f64, f64),
+        /// Epsilon.
+        #[serde(default = "default_eps")]
+        eps: f64,
+    },
+    /// SGD with momentum (torch's semantics, dampening 0) and optional Nesterov.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum.
+        #[serde(default)]
+        momentum: f64,
+        /// Nesterov momentum.
+        #[serde(default)]
+        nesterov: bool,
+        /// L2 penalty.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl OptimizerKind {
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match *self {
+            OptimizerKind::Adamw { lr, .. }
+            | OptimizerKind::Adam { lr, .. }
+            | OptimizerKind::Sgd { lr, .. } => lr,
+        }
+    }
+
+    /// Checks the hyper-parameters.
+    pub fn validate(&self) -> Result<()> {
+        let lr = self.lr();
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(Error::param("optimizer.lr", lr, "a positive number"));
+        }
+        match *self {
+            OptimizerKind::Adamw { betas, eps, .. } | OptimizerKind::Adam { betas, eps, .. } => {
+                if !(0.0..1.0).contains(&betas.0) || !(0.0..1.0).contains(&betas.1) || eps <= 0.0 {
+                    return Err(Error::param(
+                        "optimizer.betas/eps",
+                        format!("{betas:?}/{eps}"),
+                        "betas in [0, 1), eps > 0",
+                    ));
+                }
+            }
+            OptimizerKind::Sgd {
+                momentum, nesterov, ..
+            } => {
+                if nesterov && momentum <= 0.0 {
+                    return Err(Error::param(
+                        "optimizer.nesterov",
+                        true,
+                        "Nesterov needs momentum > 0",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A named group of parameters with a learning-rate factor (backbone vs head).
+pub struct ParamGroup {
+    /// Name (`backbone`, `head`, `criterion`).
+    pub name: String,
+    /// `(name, variable)` pairs.
+    pub params: Vec<(String, Var)>,
+    /// Multiplies the scheduled learning rate.
+    pub lr_scale: f64,
+    /// Frozen groups are skipped (no update, no state change).
+    pub frozen: bool,
+}
+
+/// An optimiser over parameter groups, with state kept by parameter name.
+pub struct Optimizer {
+    kind: OptimizerKind,
+    /// The groups.
+    pub groups: Vec<ParamGroup>,
+    /// First moments (Adam) or momentum buffers (SGD), by parameter name.
+    m: HashMap<String, Tensor>,
+    /// Second moments (Adam), by parameter name.
+    v: HashMap<String, Tensor>,
+    /// Updates applied per parameter (Adam's bias correction counts per parameter, as torch).
+    steps: HashMap<String, u64>,
+}
+
+impl Optimizer {
+    /// An optimiser with fresh state.
+    pub fn new(kind: OptimizerKind, groups: Vec<ParamGroup>) -> Result<Self> {
+        kind.validate()?;
+        Ok(Optimizer {
+            kind,
+            groups,
+            m: HashMap::new(),
+            v: HashMap::new(),
+            steps: HashMap::new(),
+        })
+    }
+
+    /// The update rule.
+    pub fn kind(&self) -> &OptimizerKind {
+        &self.kind
+    }
+
+    /// Global L2 norm of the gradients of the trainable parameters.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let mut total = 0f64;
+        for g in self.groups.iter().filter(|g| !g.frozen) {
+            for (_, var) in &g.params {
+                if let Some(grad) = grads.get(var.as_tensor()) {
+                    total += grad
+                        .sqr()?
+                        .sum_all()?
+                        .to_dtype(candle_core::DType::F64)?
+                        .to_scalar::<f64>()?;
+                }
+            }
+        }
+        Ok(total.sqrt())
+    }
+
+    /// One update with learning rate `lr` (times each group's scale); gradients are scaled by
+    /// `grad_scale` first (clipping).
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        let kind = self.kind;
+        for group in self.groups.iter().filter(|g| !g.frozen) {
+            let lr = lr * group.lr_scale;
+            for (name, var) in &group.params {
+                let Some(grad) = grads.get(var.as_tensor()) else {
+                    continue;
+                };
+                let mut g = if grad_scale != 1.0 {
+                    (grad * grad_scale)?
+                } else {
+                    grad.clone()
+                };
+                let p = var.as_tensor();
+                let t = self.steps.entry(name.clone()).or_insert(0);
+                *t += 1;
+                let t = *t as i32;
+                match kind {
+                    OptimizerKind::Adamw {
+                        weight_decay,
+                        betas,
+                        eps,
+                        ..
+                    }
+                    | OptimizerKind::Adam {
+                        weight_decay,
+                        betas,
+                        eps,
+                        ..
+                    } => {
+                        let decoupled = matches!(kind, OptimizerKind::Adamw { .. });
+                        let mut base = p.detach();
+                        if weight_decay != 0.0 {
+                            if decoupled {
+                                base = (base * (1.0 - lr * weight_decay))?;
+                            } else {
+                                g = (g + (p.detach() * weight_decay)?)?;
+                            }
+                        }
+                        let m = match self.m.get(name) {
+                            Some(m) => ((m * betas.0)? + (&g * (1.0 - betas.0))?)?,
+                            None => (&g * (1.0 - betas.0))?,
+                        };
+                        let v = match self.v.get(name) {
+                            Some(v) => ((v * betas.1)? + (g.sqr()? * (1.0 - betas.1))?)?,
+                            None => (g.sqr()? * (1.0 - betas.1))?,
+                        };
+                        let bc1 = 1.0 - betas.0.powi(t);
+                        let bc2 = 1.0 - betas.1.powi(t);
+                        let denom = ((v.clone() / bc2)?.sqrt()? + eps)?;
+                        let update = ((m.clone() / bc1)? / denom)?;
+                        var.set(&(base - (update * lr)?)?)?;
+                        self.m.insert(name.clone(), m);
+                        self.v.insert(name.clone(), v);
+                    }
+                    OptimizerKind::Sgd {
+                        momentum,
+                        nesterov,
+                        weight_decay,
+                        ..
+                    } => {
+                        if weight_decay != 0.0 {
+                            g = (g + (p.detach() * weight_decay)?)?;
+                        }
+                        let direction = if momentum > 0.0 {
+                            let buf = match self.m.get(name) {
+                                Some(b) => ((b * momentum)? + &g)?,
+                                None => g.clone(),
+                            };
+                            let d = if nesterov {
+                                (&g + (&buf * momentum)?)?
+                            } else {
+                                buf.clone()
+                            };
+                            self.m.insert(name.clone(), buf);
+                            d
+                        } else {
+                            g
+                        };
+                        var.set(&(p.detach() - (direction * lr)?)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state as named tensors (`m.<param>`, `v.<param>`) plus per-parameter step counts.
+    pub fn state(&self) -> (HashMap<String, Tensor>, HashMap<String, u64>) {
+        let mut t = HashMap::new();
+        for (k, v) in &self.m {
+            t.insert(format!("m.{k}"), v.clone());
+        }
+        for (k, v) in &self.v {
+            t.insert(format!("v.{k}"), v.clone());
+        }
+        (t, self.steps.clone())
+    }
+
+    /// Restores a state saved by [`Optimizer::state`].
+    pub fn load_state(
+        &mut self,
+        tensors: HashMap<String, Tensor>,
+        steps: HashMap<String, u64>,
+    ) -> Result<()> {
+        self.m.clear();
+        self.v.clear();
+        for (k, t) in tensors {
+            if let Some(name) = k.strip_prefix("m.") {
+                self.m.insert(name.to_owned(), t);
+            } else if let Some(name) = k.strip_prefix("v.") {
+                self.v.insert(name.to_owned(), t);
+            } else {
+                return Err(Error::Msg(format!(
+                    "optimiser state: unexpected tensor {k}"
+                )));
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// Learning rate over steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    /// The base rate throughout (after warm-up).
+    Constant {
+        /// Linear warm-up steps from 0.
+        #[serde(default)]
+        warmup_steps: usize,
+    },
+    /// Multiply by `gamma` every `step_size` steps.
+    Step {
+        /// Steps between decays.
+        step_size: usize,
+        /// Factor.
+        #[serde(default = "half")]
+        gamma: f64,
+        /// Linear warm-up steps.
+        #[serde(default)]
+        warmup_steps: usize,
+    },
+    /// Multiply by `gamma` at each milestone step.
+    MultiStep {
+        /// Steps where the rate drops.
+        milestones: Vec<usize>,
+        /// Factor.
+        #[serde(default = "tenth")]
+        gamma: f64,
+        /// Linear warm-up steps.
+        #[serde(default)]
+        warmup_steps: usize,
+    },
+    /// Cosine decay to `min_lr_ratio` of the base over the run.
+    Cosine {
+        /// Linear warm-up steps.
+        #[serde(default)]
+        warmup_steps: usize,
+        /// Final rate over the base.
+        #[serde(default)]
+        min_lr_ratio: f64,
+    },
+    /// One cycle: up from `base/25` to the base over `pct_start` of the run, then cosine down to
+    /// `base/1e4` (torch's defaults).
+    OneCycle {
+        /// Fraction of the run spent rising.
+        #[serde(default = "pct")]
+        pct_start: f64,
+    },
+}
+
+fn half() -> f64 {
+    0.5
+}
+fn tenth() -> f64 {
+    0.1
+}
+fn pct() -> f64 {
+    0.3
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::Constant { warmup_steps: 0 }
+    }
+}
+
+impl Schedule {
+    /// The factor on the base rate at `step` (0-based) of `total` steps.
+    pub fn factor(&self, step: usize, total: usize) -> f64 {
+        let warm = |w: usize| -> f64 {
+            if w > 0 && step < w {
+                (step + 1) as f64 / w as f64
+            } else {
+                1.0
+            }
+        };
+        let total = total.max(1);
+        match self {
+            Schedule::Constant { warmup_steps } => warm(*warmup_steps),
+            Schedule::Step {
+                step_size,
+                gamma,
+                warmup_steps,
+            } => warm(*warmup_steps) * gamma.powi((step / (*step_size).max(1)) as i32),
+            Schedule::MultiStep {
+                milestones,
+                gamma,
+                warmup_steps,
+            } => {
+                warm(*warmup_steps)
+                    * gamma.powi(milestones.iter().filter(|&&m| step >= m).count() as i32)
+            }
+            Schedule::Cosine {
+                warmup_steps,
+                min_lr_ratio,
+            } => {
+                if step < *warmup_steps {
+                    return warm(*warmup_steps);
+                }
+                let span = total.saturating_sub(*warmup_steps).max(1) as f64;
+                let t = ((step - warmup_steps) as f64 / span).min(1.0);
+                min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+            Schedule::OneCycle { pct_start } => {
+                let up = (pct_start * total as f64).max(1.0);
+                let s = step as f64;
+                let (start, peak, end) = (1.0 / 25.0, 1.0, 1.0 / 25.0 / 1e4);
+                let cos = |a: f64, b: f64, t: f64| {
+                    b + (a - b) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+                };
+                if s < up {
+                    cos(start, peak, s / up)
+                } else {
+                    cos(
+                        peak,
+                        end,
+                        ((s - up) / (total as f64 - up).max(1.0)).min(1.0),
+                    )
+                }
+            }
+        }
+    }
+}
