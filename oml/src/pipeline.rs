@@ -238,8 +238,8 @@ pub struct JobConfig {
     /// Validate every N epochs.
     #[serde(default = "one_usize")]
     pub valid_every_epochs: usize,
-    /// Metrics.
-    #[serde(default)]
+    /// Metrics (default: cmc@1,5, precision@5, map@5).
+    #[serde(default = "crate::train::default_metrics")]
     pub metrics: MetricsConfig,
     /// Best-checkpoint metric.
     #[serde(default = "cmc1")]
@@ -381,6 +381,8 @@ impl JobConfig {
             };
             if let Some(r) = cfg.dataset_root.as_mut() {
                 fix(r);
+            } else {
+                fix(&mut cfg.dataframe);
             }
             fix(&mut cfg.logs_dir);
             if !cfg.model.weights.starts_with("zoo:") && cfg.model.weights != "random" {
@@ -435,6 +437,8 @@ impl JobConfig {
         self.metrics
             .validate()
             .map_err(|e| Error::Msg(format!("at `metrics`: {e}")))?;
+        crate::train::check_metric_path(&self.checkpoint_metric, &self.metrics)
+            .map_err(|e| Error::Msg(format!("at `checkpoint_metric`: {e}")))?;
         crate::device(&self.device).map_err(|e| Error::Msg(format!("at `device`: {e}")))?;
         Ok(())
     }

@@ -403,9 +403,12 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io("cannot create folder", &dir, e))?;
             let val = is_val[label];
-            let has_serif = drawings
+            let serifs = drawings
                 .iter()
-                .any(|(k, _)| faces[*k].name.contains("Serif"));
+                .filter(|(k, _)| faces[*k].name.contains("Serif"))
+                .count();
+            // Cross-font queries need both kinds; otherwise the letter is a gallery distractor.
+            let both = serifs > 0 && serifs < drawings.len();
             drawings
                 .iter()
                 .map(|(k, img)| {
@@ -418,9 +421,17 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
                     let (query, gallery) = match (val, config.cross_font) {
                         (false, _) => (false, false),
                         (true, false) => (true, true),
-                        (true, true) => (serif, !serif || !has_serif),
+                        (true, true) => (serif && both, !serif || !both),
                     };
-                    let flag = |b: bool| if b { "True" } else { "" }.to_owned();
+                    // Train rows leave the flags empty; validation rows say True or False.
+                    let flag = |b: bool| {
+                        match (val, b) {
+                            (false, _) => "",
+                            (true, true) => "True",
+                            (true, false) => "False",
+                        }
+                        .to_owned()
+                    };
                     Ok([
                         label.to_string(),
                         format!("images/{folder}/{}.png", faces[*k].name),

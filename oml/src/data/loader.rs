@@ -158,12 +158,19 @@ impl ImageLoader {
     /// Iterates over `batches` (e.g. one epoch of a sampler), preparing up to `prefetch` batches
     /// ahead on a background thread. Dropping the iterator stops the thread.
     pub fn iter(&self, batches: Vec<Vec<usize>>, epoch: u64) -> BatchIter {
+        self.iter_from(batches, epoch, 0)
+    }
+
+    /// As [`ImageLoader::iter`] for the batches of an epoch from batch `first` on (a resumed
+    /// run): batch `i` of `batches` gets the augmentations of batch `first + i` of the epoch.
+    pub fn iter_from(&self, batches: Vec<Vec<usize>>, epoch: u64, first: usize) -> BatchIter {
         if self.config.prefetch == 0 {
             return BatchIter {
                 inner: Inner::Direct {
                     loader: self.clone(),
                     batches: batches.into_iter().enumerate(),
                     epoch,
+                    first,
                 },
             };
         }
@@ -172,7 +179,7 @@ impl ImageLoader {
         let loader = self.clone();
         let handle = std::thread::spawn(move || {
             for (b, indices) in batches.iter().enumerate() {
-                let batch = loader.load_batch(indices, epoch, b as u64);
+                let batch = loader.load_batch(indices, epoch, (first + b) as u64);
                 let stop = batch.is_err();
                 if tx.send(batch).is_err() || stop {
                     break;
@@ -203,6 +210,7 @@ enum Inner {
         loader: ImageLoader,
         batches: std::iter::Enumerate<std::vec::IntoIter<Vec<usize>>>,
         epoch: u64,
+        first: usize,
     },
 }
 
@@ -231,9 +239,10 @@ impl Iterator for BatchIter {
                 loader,
                 batches,
                 epoch,
+                first,
             } => {
                 let (b, indices) = batches.next()?;
-                Some(loader.load_batch(&indices, *epoch, b as u64))
+                Some(loader.load_batch(&indices, *epoch, (*first + b) as u64))
             }
         }
     }

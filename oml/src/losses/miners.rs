@@ -51,6 +51,7 @@ impl Triplets {
 
     /// The rows of `features` for anchors, positives and negatives.
     pub fn gather(&self, features: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let features = &features.contiguous()?;
         let pick = |ids: &[usize]| -> Result<Tensor> {
             let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
             let ids = Tensor::new(ids.as_slice(), features.device())?;
@@ -345,6 +346,7 @@ impl TripletMiner for HardClusterMiner {
                 groups.len()
             )));
         }
+        let features = &features.contiguous()?;
         let dev = features.device();
         let mut means = Vec::with_capacity(groups.len());
         let mut positives = Vec::with_capacity(groups.len());

@@ -69,6 +69,7 @@ impl TripletLossPlain {
                 "TripletLossPlain needs rows in a, p, n order: {n} rows is not a multiple of 3"
             )));
         }
+        let features = &features.contiguous()?;
         let pick = |offset: u32| -> Result<Tensor> {
             let ids: Vec<u32> = (0..n as u32 / 3).map(|i| 3 * i + offset).collect();
             let ids = Tensor::new(ids.as_slice(), features.device())?;

@@ -78,8 +78,8 @@ pub struct FitConfig {
     /// The metric that picks the best checkpoint (`OVERALL/cmc/1`).
     #[serde(default = "cmc1")]
     pub checkpoint_metric: String,
-    /// Retrieval metrics at validation.
-    #[serde(default)]
+    /// Retrieval metrics at validation (default: cmc@1,5, precision@5, map@5).
+    #[serde(default = "default_metrics")]
     pub metrics: MetricsConfig,
     /// Images per validation batch.
     #[serde(default = "b32")]
@@ -108,6 +108,39 @@ fn b32() -> usize {
     32
 }
 
+/// The metrics a run validates with unless told otherwise: cmc@1 and @5, precision@5, map@5.
+pub fn default_metrics() -> MetricsConfig {
+    MetricsConfig {
+        cmc_top_k: vec![1, 5],
+        precision_top_k: vec![5],
+        map_top_k: vec![5],
+        pcf_variance: vec![],
+        ..MetricsConfig::default()
+    }
+}
+
+/// Checks that `path` (`OVERALL/cmc/1`) names a metric `config` computes.
+pub fn check_metric_path(path: &str, config: &MetricsConfig) -> Result<()> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let listed = |ks: &[usize], k: &str| ks.iter().any(|x| x.to_string() == k);
+    let ok = match parts.as_slice() {
+        [_, "cmc", k] => listed(&config.cmc_top_k, k),
+        [_, "precision", k] => listed(&config.precision_top_k, k),
+        [_, "map", k] => listed(&config.map_top_k, k),
+        [_, _, _] => true,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::param(
+            "checkpoint_metric",
+            path,
+            "GROUP/metric/k (e.g. OVERALL/cmc/1) with k among the metrics' top_k lists",
+        ))
+    }
+}
+
 impl Default for FitConfig {
     fn default() -> Self {
         FitConfig {
@@ -131,7 +164,7 @@ impl Default for FitConfig {
             log_every_steps: 10,
             log_every_seconds: 30.0,
             checkpoint_metric: cmc1(),
-            metrics: MetricsConfig::default(),
+            metrics: default_metrics(),
             val_batch_size: 32,
             logs_dir: None,
         }
@@ -259,6 +292,7 @@ impl Trainer {
         // The sampler checks n_labels / n_instances against the data.
         BalanceSampler::new(train.labels(), cfg.n_labels, cfg.n_instances)?;
         cfg.metrics.validate()?;
+        check_metric_path(&cfg.checkpoint_metric, &cfg.metrics)?;
         if let Some(c) = cfg.clip_grad_norm
             && !(c > 0.0)
         {
@@ -441,8 +475,7 @@ impl Trainer {
                 .into_iter()
                 .skip(self.batch_in_epoch)
                 .collect();
-            let first = self.batch_in_epoch;
-            for (i, b) in loader.iter(batches, self.epoch as u64).enumerate() {
+            for b in loader.iter_from(batches, self.epoch as u64, self.batch_in_epoch) {
                 if self.stop.load(Ordering::Relaxed) {
                     break 'run Ending::Stopped;
                 }
@@ -457,7 +490,6 @@ impl Trainer {
                     break 'run Ending::TimeBudget;
                 }
                 let b = b?;
-                let _ = first + i;
                 let labels: Vec<i64> = b
                     .indices
                     .iter()
@@ -470,7 +502,13 @@ impl Trainer {
                     .loss
                     .to_dtype(candle_core::DType::F32)?
                     .to_scalar::<f32>()? as f64;
-                if !loss.is_finite() {
+                // A relu can turn NaN embeddings into a finite loss: check both.
+                let emb_sum = emb
+                    .detach()
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_scalar::<f32>()?;
+                if !loss.is_finite() || !emb_sum.is_finite() {
                     let kept = self.cfg.logs_dir.as_ref().map(|d| {
                         format!(
                             "; the last good checkpoint is {}",
@@ -478,8 +516,9 @@ impl Trainer {
                         )
                     });
                     return Err(Error::Msg(format!(
-                        "the loss is {loss} at step {} (epoch {}): lower the learning rate or clip \
-                         gradients (clip_grad_norm){}",
+                        "the loss is {loss} (embeddings finite: {}) at step {} (epoch {}): lower the \
+                         learning rate or clip gradients (clip_grad_norm){}",
+                        emb_sum.is_finite(),
                         self.step + 1,
                         self.epoch,
                         kept.unwrap_or_default()
@@ -515,7 +554,10 @@ impl Trainer {
                         None => total,
                     }
                     .saturating_sub(self.step);
-                    let eta = left as f64 * batch as f64 / rate.max(1e-9);
+                    let mut eta = left as f64 * batch as f64 / rate.max(1e-9);
+                    if let Some(budget) = self.cfg.max_seconds {
+                        eta = eta.min((budget - start.elapsed().as_secs_f64()).max(0.0));
+                    }
                     let logs: Vec<String> = out
                         .logs
                         .iter()

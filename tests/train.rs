@@ -1,0 +1,289 @@
+//! The trainer on a tiny model (the small DINO ViT of the extractor fixtures) and a small glyph
+//! dataset: it learns, a resumed run ends exactly as one that ran through, a NaN loss stops it
+//! with the step named, budgets and the stop handle end it, and configs are checked before work.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use candle_nn::VarMap;
+use oml::data::{
+    GlyphsConfig, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, SampleTable, Split,
+    Transform,
+};
+use oml::losses::{HardTripletsMiner, TripletLossWithMiner};
+use oml::models::{Family, ViTConfig, ViTExtractor};
+use oml::train::{Ending, FitConfig, OptimizerKind, Record, Schedule, Trainer};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn glyphs(dir: &Path) -> Arc<SampleTable> {
+    let s = oml::data::generate_glyphs(
+        dir,
+        &GlyphsConfig {
+            size: 32,
+            max_labels: Some(24),
+            ..GlyphsConfig::default()
+        },
+    )
+    .expect("glyphs");
+    Arc::new(
+        SampleTable::from_csv(
+            &s.csv,
+            &oml::data::CheckOptions {
+                dataset_root: Some(dir.to_path_buf()),
+                ..Default::default()
+            },
+        )
+        .expect("table"),
+    )
+}
+
+fn tiny_vit(vm: &VarMap) -> ViTExtractor {
+    let cfg = ViTConfig {
+        patch_size: 16,
+        embed_dim: 32,
+        depth: 2,
+        num_heads: 2,
+        mlp_ratio: 4,
+        layerscale: false,
+        pos_grid: 4,
+        n_registers: 0,
+        eps: 1e-6,
+        normalise: false,
+        multi_scale: false,
+    };
+    oml::models::load_with(
+        Family::Vit,
+        &repo().join("tests/data/extractors/vit_dino_small.safetensors"),
+        &Device::Cpu,
+        Some(vm),
+        |vb| ViTExtractor::new(&cfg, vb),
+    )
+    .expect("vit")
+}
+
+fn trainer(table: &Arc<SampleTable>, logs: Option<PathBuf>, lr: f64, epochs: usize) -> Trainer {
+    let vm = VarMap::new();
+    let model = tiny_vit(&vm);
+    let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
+    let val = ImageQueryGalleryLabeledDataset::from_table(table.clone()).expect("val");
+    let cfg = FitConfig {
+        seed: 3,
+        max_epochs: epochs,
+        n_labels: 4,
+        n_instances: 2,
+        optimizer: OptimizerKind::Adamw {
+            lr,
+            weight_decay: 0.01,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+        },
+        scheduler: Schedule::Cosine {
+            warmup_steps: 2,
+            min_lr_ratio: 0.1,
+        },
+        clip_grad_norm: Some(10.0),
+        log_every_steps: 1000,
+        logs_dir: logs,
+        ..FitConfig::default()
+    };
+    let loss = TripletLossWithMiner::new(
+        Some(0.2),
+        Some(Box::new(HardTripletsMiner)),
+        Default::default(),
+    )
+    .expect("loss");
+    Trainer::new(
+        Box::new(model),
+        vm,
+        Box::new(loss),
+        VarMap::new(),
+        train,
+        Transform::preset("augs_torch", 32).expect("t"),
+        Some((val, Transform::preset("norm_resize_torch", 32).expect("t"))),
+        Device::Cpu,
+        cfg,
+    )
+    .expect("trainer")
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let t =
+        candle_core::safetensors::load(dir.join("last.safetensors"), &Device::Cpu).expect("load");
+    let mut v: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().expect("flat").to_vec1().expect("vec")))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn a_short_run_lowers_the_loss_and_writes_its_outputs() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let logs = data.path().join("run");
+    let mut t = trainer(&table, Some(logs.clone()), 1e-3, 3);
+    let report = t.fit().expect("fit");
+    assert_eq!(report.ending, Ending::Completed);
+    assert_eq!(report.epochs, 3);
+    let history = t.history().lock().expect("lock").clone();
+    let losses: Vec<f64> = history
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step { loss, .. } => Some(*loss),
+            _ => None,
+        })
+        .collect();
+    assert!(losses.len() >= 6, "{}", losses.len());
+    let head: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let tail: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(tail < head, "the loss goes down: {head} -> {tail}");
+    let validations = history
+        .iter()
+        .filter(|r| matches!(r, Record::Validation { .. }))
+        .count();
+    assert_eq!(validations, 3);
+    for f in [
+        "last.safetensors",
+        "best.safetensors",
+        "state.json",
+        "optimizer.safetensors",
+        "metrics.jsonl",
+        "loss.png",
+        "lr.png",
+        "metrics.png",
+        "distances.png",
+    ] {
+        assert!(logs.join(f).is_file(), "{f} missing");
+    }
+    let lines = std::fs::read_to_string(logs.join("metrics.jsonl"))
+        .expect("jsonl")
+        .lines()
+        .count();
+    assert_eq!(lines, history.len());
+    assert!(report.best.is_some() && report.last_metrics.is_some());
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_same_weights_as_one_that_ran_through() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let straight = data.path().join("straight");
+    trainer(&table, Some(straight.clone()), 1e-3, 2)
+        .fit()
+        .expect("fit");
+
+    let resumed = data.path().join("resumed");
+    let mut first = trainer(&table, Some(resumed.clone()), 1e-3, 2);
+    first.set_budget(Some(5), None);
+    let r = first.fit().expect("first part");
+    assert_eq!(r.ending, Ending::StepBudget);
+    assert_eq!(r.steps, 5);
+    drop(first);
+    let mut second = trainer(&table, Some(resumed.clone()), 1e-3, 2);
+    second.resume(&resumed).expect("resume");
+    assert_eq!(second.steps(), 5);
+    let r = second.fit().expect("second part");
+    assert_eq!(r.ending, Ending::Completed);
+    let (a, b) = (weights(&straight), weights(&resumed));
+    assert_eq!(a.len(), b.len());
+    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert_eq!(va, vb, "{ka} differs after resuming");
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_with_the_step_and_the_stop_handle_and_time_budget_end_runs() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let logs = data.path().join("nan");
+    let mut t = trainer(&table, Some(logs.clone()), 1e30, 2);
+    t.set_budget(Some(50), None);
+    let e = t.fit().err().expect("diverges").to_string();
+    assert!(e.contains("at step") && e.contains("learning rate"), "{e}");
+
+    let mut t = trainer(&table, None, 1e-3, 50);
+    t.stop_handle()
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(t.fit().expect("fit").ending, Ending::Stopped);
+
+    let mut t = trainer(&table, None, 1e-3, 500);
+    t.set_budget(None, Some(1.0));
+    let r = t.fit().expect("fit");
+    assert_eq!(r.ending, Ending::TimeBudget);
+    assert!(r.seconds < 20.0, "{}", r.seconds);
+}
+
+#[test]
+fn configs_are_checked_before_any_work_with_the_key_named() {
+    use oml::pipeline::JobConfig;
+    let data = tempfile::tempdir().expect("tmp");
+    let _ = glyphs(data.path());
+    let base = "dataframe: df.csv\nmodel: { arch: resnet18, weights: random }\n";
+    let ok = JobConfig::from_yaml(base, &[], Some(data.path())).expect("valid");
+    assert_eq!(ok.model.arch, "resnet18");
+    let cases = [
+        (
+            format!("{base}unknown_key: 1\n"),
+            "unknown field `unknown_key`",
+        ),
+        (
+            format!("{base}criterion: {{ name: cosface }}\n"),
+            "criterion",
+        ),
+        (
+            format!("{base}optimizer: {{ name: adamw, lr: -1 }}\n"),
+            "optimizer",
+        ),
+        (
+            "dataframe: missing.csv\nmodel: { arch: resnet18, weights: random }\n".to_owned(),
+            "missing.csv",
+        ),
+        (
+            "dataframe: df.csv\nmodel: { arch: resnet19, weights: random }\n".to_owned(),
+            "model.arch",
+        ),
+        (
+            "dataframe: df.csv\nmodel: { arch: resnet18, weights: nope.safetensors }\n".to_owned(),
+            "model.weights",
+        ),
+        (
+            format!("{base}sampler: {{ name: balance, n_labels: 4 }}\n"),
+            "sampler",
+        ),
+        (
+            format!("{base}model: {{ arch: resnet18, weights: random, colour: red }}\n"),
+            "model",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let e = JobConfig::from_yaml(&yaml, &[], Some(data.path()))
+            .err()
+            .unwrap_or_else(|| panic!("{yaml} was accepted"))
+            .to_string();
+        assert!(e.contains(expected), "{yaml}: {e}");
+    }
+    // Known keys are listed for an unknown one; --set overrides reach nested keys.
+    let e = JobConfig::from_yaml(&format!("{base}max_epoch: 3\n"), &[], Some(data.path()))
+        .err()
+        .expect("typo")
+        .to_string();
+    assert!(e.contains("max_epochs"), "{e}");
+    let c = JobConfig::from_yaml(
+        base,
+        &[
+            "optimizer.lr=0.5".into(),
+            "max_epochs=2".into(),
+            "optimizer.name=sgd".into(),
+        ],
+        Some(data.path()),
+    )
+    .expect("overrides");
+    assert_eq!(c.max_epochs, 2);
+    assert!((c.optimizer.lr() - 0.5).abs() < 1e-12);
+}
