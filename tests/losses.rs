@@ -715,7 +715,7 @@ fn triplet_miner_with_memory_keeps_omls_bank_and_counts() {
             python
                 .split(&format!("{key}="))
                 .nth(1)
-                .and_then(|s| s.split(|c| c == ',' || c == ')').next())
+                .and_then(|s| s.split([',', ')']).next())
                 .expect(key)
                 .trim()
                 .parse()

@@ -204,7 +204,7 @@ fn a_nan_loss_stops_with_the_step_and_the_stop_handle_and_time_budget_end_runs()
     let logs = data.path().join("nan");
     let mut t = trainer(&table, Some(logs.clone()), 1e30, 2);
     t.set_budget(Some(50), None);
-    let e = t.fit().err().expect("diverges").to_string();
+    let e = t.fit().expect_err("diverges").to_string();
     assert!(e.contains("at step") && e.contains("learning rate"), "{e}");
 
     let mut t = trainer(&table, None, 1e-3, 50);
@@ -270,8 +270,7 @@ fn configs_are_checked_before_any_work_with_the_key_named() {
     }
     // Known keys are listed for an unknown one; --set overrides reach nested keys.
     let e = JobConfig::from_yaml(&format!("{base}max_epoch: 3\n"), &[], Some(data.path()))
-        .err()
-        .expect("typo")
+        .expect_err("typo")
         .to_string();
     assert!(e.contains("max_epochs"), "{e}");
     let c = JobConfig::from_yaml(

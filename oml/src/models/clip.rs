@@ -129,7 +129,7 @@ impl ClipVisual {
     /// Builds the tower from `vb` (OpenAI names, without the `visual.` prefix).
     pub fn new(cfg: &ClipConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.width;
-        if cfg.patch_size == 0 || cfg.heads == 0 || d % cfg.heads != 0 {
+        if cfg.patch_size == 0 || cfg.heads == 0 || !d.is_multiple_of(cfg.heads) {
             return Err(Error::param(
                 "clip width/heads",
                 format!("{d}/{}", cfg.heads),

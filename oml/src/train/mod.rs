@@ -294,7 +294,7 @@ impl Trainer {
         cfg.metrics.validate()?;
         check_metric_path(&cfg.checkpoint_metric, &cfg.metrics)?;
         if let Some(c) = cfg.clip_grad_norm
-            && !(c > 0.0)
+            && c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
             return Err(Error::param("clip_grad_norm", c, "a positive norm"));
         }
@@ -545,7 +545,7 @@ impl Trainer {
                     logs: out.logs.clone(),
                     seconds: start.elapsed().as_secs_f64(),
                 })?;
-                let due = self.step % self.cfg.log_every_steps.max(1) == 0
+                let due = self.step.is_multiple_of(self.cfg.log_every_steps.max(1))
                     || last_line.elapsed().as_secs_f64() >= self.cfg.log_every_seconds;
                 if due {
                     let rate = images_since as f64 / since.elapsed().as_secs_f64().max(1e-9);
@@ -579,8 +579,10 @@ impl Trainer {
             self.batch_in_epoch = 0;
             let last_epoch = self.epoch == self.cfg.max_epochs;
             let every = self.cfg.valid_every_epochs;
-            if (every > 0 && self.epoch % every == 0) || last_epoch {
-                if let Some((metrics, rec)) = self.validate()? {
+            if ((every > 0 && self.epoch.is_multiple_of(every)) || last_epoch)
+                && let Some((metrics, rec)) = self.validate()?
+            {
+                {
                     let value = metrics
                         .get_path(&self.cfg.checkpoint_metric)
                         .ok_or_else(|| {
