@@ -28,6 +28,20 @@ export EVCXR_CONFIG_DIR="$cache/evcxr-config"
 mkdir -p "$EVCXR_TMPDIR" "$EVCXR_CONFIG_DIR"
 printf '[evcxr]\nopt_level = "0"\n' > "$EVCXR_CONFIG_DIR/evcxr.toml"
 printf ':opt 0\n' > "$EVCXR_CONFIG_DIR/init.evcxr"
+# The cells compile unoptimised (fast), the crates they use optimised: candle's matrix products are
+# 50x slower at opt 0, which would make the fine-tuning notebook useless. Cargo reads this file
+# because evcxr builds in a folder under $EVCXR_TMPDIR. polars stays unoptimised (slow to compile,
+# only reads small CSVs here).
+mkdir -p "$EVCXR_TMPDIR/.cargo"
+{
+  printf '[profile.dev.package."*"]\nopt-level = 3\ndebug = false\ndebug-assertions = false\noverflow-checks = false\n'
+  for p in polars polars-core polars-io polars-arrow polars-compute polars-utils polars-parquet polars-ops; do
+    printf '[profile.dev.package.%s]\nopt-level = 0\n' "$p"
+  done
+} > "$EVCXR_TMPDIR/.cargo/config.toml"
+# Notebooks never wait for the Hub: the zoo reads its cache only (03 then uses the local weights).
+export OML_OFFLINE=1
+export OML_PROGRESS=lines
 
 out="$cache/executed"
 mkdir -p "$out"

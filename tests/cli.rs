@@ -167,3 +167,239 @@ fn glyphs_command_writes_a_checked_dataset() {
         "{stderr}"
     );
 }
+
+fn oml_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oml"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run oml")
+}
+
+/// A ResNet-18 with random weights, as safetensors (what `oml zoo import` or a Hub file gives).
+fn random_resnet18(path: &Path) {
+    let vm = candle_nn::VarMap::new();
+    oml::models::init(
+        &oml::models::ModelSpec::new("resnet18"),
+        &vm,
+        &candle_core::Device::Cpu,
+    )
+    .expect("init");
+    vm.save(path).expect("save");
+}
+
+#[test]
+fn zoo_list_and_an_offline_download_say_what_they_can() {
+    let out = oml(&["zoo", "list"]);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("vits14_dinov2")
+            && stdout.contains("timm/vit_small_patch14_dinov2.lvd142m")
+    );
+    let json = oml(&["zoo", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert!(v.as_array().expect("array").len() >= 20);
+    let cache = tempfile::tempdir().expect("tmp");
+    let cache_dir = cache.path().to_str().expect("utf8");
+    let out = oml_env(
+        &["zoo", "download", "vits16_dino"],
+        &[("HF_HUB_CACHE", cache_dir), ("OML_OFFLINE", "1")],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("network is off") && stderr.contains("timm/vit_small_patch16_224.dino"),
+        "{stderr}"
+    );
+    let out = oml_env(
+        &["zoo", "download", "vits16_imagenet"],
+        &[("HF_HUB_CACHE", cache_dir)],
+    );
+    assert!(text(&out).1.contains("unknown zoo model"));
+}
+
+#[test]
+fn embed_import_evaluate_train_validate_predict() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let glyphs = d.join("glyphs");
+    let s = oml(&[
+        "datasets",
+        "glyphs",
+        "--out",
+        glyphs.to_str().expect("utf8"),
+        "--size",
+        "32",
+        "--max-labels",
+        "16",
+        "--cross-font",
+    ]);
+    assert!(s.status.success(), "{:?}", text(&s));
+    let csv = glyphs.join("df.csv");
+    let weights = d.join("rn18.safetensors");
+    random_resnet18(&weights);
+    let p = |x: &Path| x.to_str().expect("utf8").to_owned();
+
+    // embed: every row, .npy and parquet
+    let e1 = d.join("e1.npy");
+    let out = oml(&[
+        "embed",
+        "--arch",
+        "resnet18",
+        "--weights",
+        &p(&weights),
+        "--data",
+        &p(&csv),
+        "--transform",
+        "norm_resize_torch",
+        "--image-size",
+        "32",
+        "--out",
+        &p(&e1),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let rows = std::fs::read_to_string(&csv).expect("csv").lines().count() - 1;
+    let e = candle_core::Tensor::read_npy(&e1).expect("npy");
+    assert_eq!(e.dims(), &[rows, 512]);
+    let pq = d.join("e.parquet");
+    let out = oml(&[
+        "embed",
+        "--arch",
+        "resnet18",
+        "--weights",
+        &p(&weights),
+        "--data",
+        &p(&csv),
+        "--image-size",
+        "32",
+        "--out",
+        &p(&pq),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(std::fs::read(&pq).expect("parquet").starts_with(b"PAR1"));
+
+    // import a prefixed checkpoint with a loss head: the clean file embeds identically
+    let tensors =
+        candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).expect("load");
+    let mut wrapped: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (format!("model.{k}"), v))
+        .collect();
+    wrapped.insert(
+        "criterion.weight".into(),
+        candle_core::Tensor::zeros((3, 512), candle_core::DType::F32, &candle_core::Device::Cpu)
+            .expect("z"),
+    );
+    let ckpt = d.join("wrapped.safetensors");
+    candle_core::safetensors::save(&wrapped, &ckpt).expect("save");
+    let clean = d.join("clean.safetensors");
+    let out = oml(&[
+        "zoo",
+        "import",
+        &p(&ckpt),
+        "--arch",
+        "resnet18",
+        "--out",
+        &p(&clean),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let e2 = d.join("e2.npy");
+    let out = oml(&[
+        "embed",
+        "--arch",
+        "resnet18",
+        "--weights",
+        &p(&clean),
+        "--data",
+        &p(&csv),
+        "--transform",
+        "norm_resize_torch",
+        "--image-size",
+        "32",
+        "--out",
+        &p(&e2),
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read(&e1).expect("e1"),
+        std::fs::read(&e2).expect("e2")
+    );
+    let out = oml(&[
+        "zoo",
+        "import",
+        &p(&ckpt),
+        "--arch",
+        "vits16",
+        "--out",
+        &p(&d.join("x.safetensors")),
+    ]);
+    assert!(
+        text(&out).1.contains("do not fit the vits16"),
+        "{:?}",
+        text(&out)
+    );
+
+    // evaluate takes every row's embeddings and keeps the validation ones
+    let out = oml(&["evaluate", "--embeddings", &p(&e1), "--data", &p(&csv)]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("cmc"), "{stdout}");
+
+    // train / validate / predict from a config
+    let cfg = d.join("cfg.yaml");
+    std::fs::write(
+        &cfg,
+        "dataset_root: glyphs\ndataframe: df.csv\nmodel: { arch: resnet18, weights: rn18.safetensors }\n\
+         image_size: 32\ntransforms_train: augs_torch\ntransforms_val: norm_resize_torch\n\
+         sampler: { name: balance, n_labels: 4, n_instances: 2 }\n\
+         criterion: { name: triplet_with_miner, margin: 0.2, miner: { name: all_triplets } }\n\
+         optimizer: { name: sgd, lr: 0.01, momentum: 0.9, nesterov: true }\n\
+         scheduler: { name: cosine, warmup_steps: 1 }\nmax_epochs: 2\nmax_steps: 3\nlogs_dir: run\n",
+    )
+    .expect("cfg");
+    let out = oml(&["train", "--config", &p(&cfg)]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let run = d.join("run");
+    for f in [
+        "config.yaml",
+        "metrics.jsonl",
+        "last.safetensors",
+        "state.json",
+        "report.json",
+        "loss.png",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let out = oml(&[
+        "validate",
+        "--config",
+        &p(&cfg),
+        "--weights",
+        &p(&run.join("last.safetensors")),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(run.join("metrics.json").is_file() && run.join("worst_queries.png").is_file());
+    let out = oml(&["predict", "--config", &p(&cfg), "--set", "top_n=3"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let preds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("predictions.json")).expect("json"))
+            .expect("json");
+    assert_eq!(
+        preds[0]["retrieved"].as_array().expect("retrieved").len(),
+        3
+    );
+    let out = oml(&[
+        "train",
+        "--config",
+        &p(&cfg),
+        "--set",
+        "criterion.name=cosface",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).1.contains("criterion"),
+        "{:?}",
+        text(&out)
+    );
+}

@@ -109,3 +109,28 @@ fn dinov2_vits14_matches_python_oml_on_real_weights() {
         }
     }
 }
+
+/// The README's demo on the real DINOv2-S/14 weights, budgeted: fine-tuning must raise CMC@1 on
+/// unseen letters (cross-font) well above the zero-shot backbone.
+#[test]
+#[ignore = "needs the shared DINOv2-S/14 weights (shared/weights or OML_SHARED_WEIGHTS); ~4 min"]
+fn fine_tuning_dinov2_on_glyphs_gains_cmc_at_1() {
+    let out = tempfile::tempdir().expect("tmp");
+    let cfg = oml::demo::DemoConfig {
+        out: out.path().to_path_buf(),
+        budget_seconds: 100.0,
+        max_labels: 300,
+        weights: Some(dinov2_weights()),
+        ..Default::default()
+    };
+    let r = oml::demo::run(&cfg).expect("demo");
+    println!("{r:?}");
+    assert!(r.steps >= 20, "{} steps", r.steps);
+    assert!(
+        r.after_cmc1 > r.before_cmc1 + 0.1,
+        "CMC@1 {:.3} -> {:.3}",
+        r.before_cmc1,
+        r.after_cmc1
+    );
+    assert!(r.report.is_file());
+}

@@ -38,6 +38,8 @@ pub struct DemoConfig {
     pub weights: Option<PathBuf>,
     /// Seed.
     pub seed: u64,
+    /// Learning rate (default: 2e-5 for the pretrained ViT, 1e-3 from scratch).
+    pub lr: Option<f64>,
 }
 
 impl Default for DemoConfig {
@@ -49,6 +51,7 @@ impl Default for DemoConfig {
             image_size: 56,
             weights: None,
             seed: 0,
+            lr: None,
         }
     }
 }
@@ -170,6 +173,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
         ),
         None => (ModelSpec::new("resnet18"), "ResNet-18 from scratch", 1e-3),
     };
+    let lr = cfg.lr.unwrap_or(lr);
     let size = if weights.is_some() {
         (cfg.image_size / 14).max(1) * 14
     } else {

@@ -68,6 +68,9 @@ enum Command {
         /// Input side in pixels.
         #[arg(long, default_value_t = 56)]
         image_size: u32,
+        /// Learning rate (default: 2e-5 for the pretrained ViT, 1e-3 from scratch).
+        #[arg(long)]
+        lr: Option<f64>,
     },
     /// Fine-tune from a YAML config (OML's train pipeline).
     Train {
@@ -191,8 +194,11 @@ enum Zoo {
 #[derive(clap::Args)]
 struct EmbedArgs {
     /// A zoo name (weights from the Hub cache, downloaded when missing and online).
-    #[arg(long, conflicts_with_all = ["arch", "weights"])]
+    #[arg(long, conflicts_with_all = ["arch", "weights", "pixels"])]
     model: Option<String>,
+    /// The raw-pixel baseline instead of a network: grey SIZE x SIZE thumbnails, L2-normalised.
+    #[arg(long, conflicts_with_all = ["arch", "weights"])]
+    pixels: Option<u32>,
     /// An arch (vits14, resnet50, vitb32_224, ...), with --weights.
     #[arg(long, requires = "weights")]
     arch: Option<String>,
@@ -360,8 +366,10 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             labels,
             weights,
             image_size,
+            lr,
         } => {
             let cfg = oml::demo::DemoConfig {
+                lr,
                 out,
                 budget_seconds: budget,
                 max_labels: labels,
@@ -670,6 +678,23 @@ fn zoo(command: Zoo) -> oml::Result<ExitCode> {
 fn embed(args: &EmbedArgs) -> oml::Result<ExitCode> {
     use oml::data::Transform;
     let device = oml::device(&args.device)?;
+    if let Some(size) = args.pixels {
+        let options = CheckOptions {
+            dataset_root: args.dataset_root.clone(),
+            require_labels: false,
+            ..CheckOptions::default()
+        };
+        let table = std::sync::Arc::new(oml::data::SampleTable::from_csv(&args.data, &options)?);
+        let e = oml::data::pixel_embeddings(&oml::embed::TableImages(table.clone()), size)?;
+        oml::embed::write_embeddings(&args.out, &e, &table.paths, table.labels.as_deref())?;
+        println!(
+            "wrote {} ({} x {}, raw pixels)",
+            args.out.display(),
+            e.dim(0)?,
+            e.dim(1)?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let (mut spec, weights, default_transform) = match (&args.model, &args.arch, &args.weights) {
         (Some(name), _, _) => {
             let model = oml::zoo::find(name)?;
