@@ -22,7 +22,8 @@ evcxr_jupyter --install >/dev/null
 # later runs) reuse it; no optimisation keeps the cold compile short. Not under $HOME: rustc writes a
 # relative rpath to the toolchain's libstd that is off by one level for the library evcxr loads
 # when both share the /root prefix ("dlopen failed"); the library path below is a second guard.
-export EVCXR_TMPDIR="${OML_EVCXR_TMPDIR:-/var/tmp/oml-evcxr}"
+evcxr_root="${OML_EVCXR_ROOT:-/var/tmp/oml-evcxr}"
+export EVCXR_TMPDIR="$evcxr_root/build"
 export LD_LIBRARY_PATH="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export EVCXR_CONFIG_DIR="$cache/evcxr-config"
 mkdir -p "$EVCXR_TMPDIR" "$EVCXR_CONFIG_DIR"
@@ -30,15 +31,15 @@ printf '[evcxr]\nopt_level = "0"\n' > "$EVCXR_CONFIG_DIR/evcxr.toml"
 printf ':opt 0\n' > "$EVCXR_CONFIG_DIR/init.evcxr"
 # The cells compile unoptimised (fast), the crates they use optimised: candle's matrix products are
 # 50x slower at opt 0, which would make the fine-tuning notebook useless. Cargo reads this file
-# because evcxr builds in a folder under $EVCXR_TMPDIR. polars stays unoptimised (slow to compile,
-# only reads small CSVs here).
-mkdir -p "$EVCXR_TMPDIR/.cargo"
+# in the folder above evcxr's build folder (evcxr writes its own .cargo/config.toml inside it).
+# polars stays unoptimised (slow to compile, only reads small CSVs here).
+mkdir -p "$evcxr_root/.cargo"
 {
   printf '[profile.dev.package."*"]\nopt-level = 3\ndebug = false\ndebug-assertions = false\noverflow-checks = false\n'
   for p in polars polars-core polars-io polars-arrow polars-compute polars-utils polars-parquet polars-ops; do
     printf '[profile.dev.package.%s]\nopt-level = 0\n' "$p"
   done
-} > "$EVCXR_TMPDIR/.cargo/config.toml"
+} > "$evcxr_root/.cargo/config.toml"
 # Notebooks never wait for the Hub: the zoo reads its cache only (03 then uses the local weights).
 export OML_OFFLINE=1
 export OML_PROGRESS=lines

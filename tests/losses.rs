@@ -758,3 +758,121 @@ fn triplet_miner_with_memory_keeps_omls_bank_and_counts() {
         }
     }
 }
+
+#[test]
+fn arcface_with_mlp_matches_oml_values_and_every_gradient() {
+    use oml::losses::ArcFaceLossWithMLP;
+    let fx = fixture();
+    let mut checked = 0;
+    for case in fx["arcface_mlp_cases"].as_array().expect("cases") {
+        let name = case["name"].as_str().expect("name");
+        let python = case["python"].as_str().expect("python");
+        let arg = |key: &str| -> String {
+            // `, s=` not `s=`: `in_features=` also ends in `s=`.
+            python
+                .split(&format!(", {key}="))
+                .nth(1)
+                .or_else(|| python.split(&format!("({key}=")).nth(1))
+                .expect(key)
+                .split([',', ')'])
+                .next()
+                .expect(key)
+                .trim()
+                .to_owned()
+        };
+        let mlp: Vec<usize> = python
+            .split("mlp_features=[")
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+            .expect("mlp")
+            .split(',')
+            .map(|v| v.trim().parse().expect("size"))
+            .collect();
+        let state = &case["state_dict"];
+        let vm = candle_nn::VarMap::new();
+        {
+            let mut data = vm.data().lock().expect("lock");
+            for (key, _) in state
+                .as_object()
+                .expect("state")
+                .iter()
+                .filter(|(k, _)| k.ends_with("_f32_b64"))
+            {
+                let param = key.trim_end_matches("_f32_b64");
+                data.insert(
+                    param.to_owned(),
+                    Var::from_tensor(&tensor(state, param)).expect("var"),
+                );
+            }
+        }
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+        let eps: f64 = arg("smoothing_epsilon").parse().unwrap_or(0.0);
+        // label2category={0: 0, 1: 0, 2: 1, ...}
+        let l2c: Option<std::collections::BTreeMap<usize, String>> = python
+            .split("label2category={")
+            .nth(1)
+            .and_then(|s| s.split('}').next())
+            .map(|body| {
+                body.split(',')
+                    .map(|kv| {
+                        let (k, v) = kv.split_once(':').expect("k: v");
+                        (k.trim().parse().expect("class"), v.trim().to_owned())
+                    })
+                    .collect()
+            });
+        let loss = ArcFaceLossWithMLP::new(
+            arg("in_features").parse().expect("in"),
+            arg("num_classes").parse().expect("classes"),
+            &mlp,
+            arg("m").parse().expect("m"),
+            arg("s").parse().expect("s"),
+            eps,
+            l2c.as_ref(),
+            Reduction::Mean,
+            vb,
+        )
+        .expect("loss");
+        assert_eq!(
+            vm.all_vars().len(),
+            state.as_object().expect("s").len() / 2,
+            "{name}: no parameter created anew"
+        );
+        let f = var(case, "features");
+        close(
+            &vec(&loss.project(f.as_tensor()).expect("mlp")),
+            &vec(&tensor(case, "mlp_output")),
+            1e-5,
+            1e-5,
+            &format!("{name} mlp"),
+        );
+        let out = loss.forward(f.as_tensor(), &labels(case)).expect("forward");
+        close(
+            &[scalar(&out.loss)],
+            &[case["loss"].as_f64().expect("loss") as f32],
+            1e-4,
+            1e-5,
+            name,
+        );
+        let g = out.loss.backward().expect("backward");
+        close(
+            &vec(g.get(f.as_tensor()).expect("grad")),
+            &vec(&tensor(case, "grad_features")),
+            1e-4,
+            1e-4,
+            &format!("{name} features"),
+        );
+        let data = vm.data().lock().expect("lock");
+        let grads = &case["grad_params"];
+        for (param, v) in data.iter() {
+            close(
+                &vec(g.get(v.as_tensor()).expect("param grad")),
+                &vec(&tensor(grads, param)),
+                1e-4,
+                1e-4,
+                &format!("{name} {param}"),
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}

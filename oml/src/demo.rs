@@ -128,6 +128,9 @@ fn find_weights(cfg: &DemoConfig) -> Option<PathBuf> {
 
 /// Runs the demo.
 pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
+    if !(cfg.budget_seconds.is_finite() && cfg.budget_seconds > 0.0) {
+        return Err(Error::param("budget", cfg.budget_seconds, "seconds > 0"));
+    }
     let device = Device::Cpu;
     let root = cfg.out.join("glyphs");
     println!(
@@ -213,6 +216,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
         log_every_seconds: 30.0,
         metrics: metrics_config(),
         logs_dir: Some(cfg.out.join("run")),
+        cache_images: true,
         ..FitConfig::default()
     };
     let criterion = TripletLossWithMiner::new(

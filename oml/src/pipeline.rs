@@ -367,7 +367,21 @@ impl JobConfig {
             let (k, v) = o
                 .split_once('=')
                 .ok_or_else(|| Error::Msg(format!("--set {o}: expected key=value")))?;
-            set_key(&mut value, k.trim(), v.trim())?;
+            let (k, mut v) = (k.trim(), v.trim().to_owned());
+            // Paths given on the command line are relative to the current folder, not the file.
+            let is_path = matches!(
+                k,
+                "dataset_root" | "dataframe" | "logs_dir" | "model.weights"
+            );
+            if is_path
+                && !v.starts_with("zoo:")
+                && v != "random"
+                && Path::new(&v).is_relative()
+                && let Ok(cwd) = std::env::current_dir()
+            {
+                v = cwd.join(&v).to_string_lossy().into_owned();
+            }
+            set_key(&mut value, k, &v)?;
         }
         let mut cfg: JobConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
@@ -468,6 +482,7 @@ impl JobConfig {
             metrics: self.metrics.clone(),
             val_batch_size: self.batch_size,
             logs_dir: Some(self.logs_dir.clone()),
+            cache_images: false,
         }
     }
 
@@ -535,6 +550,11 @@ pub fn train(cfg: &JobConfig) -> Result<FitReport> {
     let model = cfg.model(None, Some(&backbone))?;
     let criterion_vars = VarMap::new();
     let criterion: Box<dyn Criterion> = match &cfg.criterion {
+        CriterionConfig::TripletWithMiner { reduction, .. } if *reduction == Reduction::None => {
+            return Err(Error::Msg(
+                "at `criterion.reduction`: training needs a scalar loss (mean or sum)".into(),
+            ));
+        }
         CriterionConfig::TripletWithMiner {
             margin,
             miner,
@@ -639,51 +659,38 @@ pub fn predict(cfg: &JobConfig, weights: Option<&Path>, out: Option<&Path>) -> R
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cfg.logs_dir.join("embeddings.npy"));
     crate::embed::write_embeddings(&path, &emb, &table.paths, table.labels.as_deref())?;
-    // Queries and gallery: the flags of validation rows (all rows of a CSV without a split).
+    // Queries and gallery: the flags of the validation rows (all rows of a CSV without a split);
+    // an item that is both never retrieves itself, as in OML.
     let rows: Vec<usize> = table.rows_of(Split::Validation);
-    let q: Vec<usize> = rows
-        .iter()
-        .copied()
-        .filter(|&r| table.is_query[r])
-        .collect();
-    let g: Vec<usize> = rows
-        .iter()
-        .copied()
-        .filter(|&r| table.is_gallery[r])
-        .collect();
-    if !q.is_empty() && !g.is_empty() {
-        let pick = |ids: &[usize]| -> Result<candle_core::Tensor> {
-            let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-            Ok(emb.index_select(&candle_core::Tensor::new(ids.as_slice(), emb.device())?, 0)?)
-        };
+    let info = crate::retrieval::QueryGalleryInfo::from_table(&table);
+    if info.is_query.iter().any(|&q| q) && info.is_gallery.iter().any(|&g| g) {
+        let ids: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
+        let val = emb.index_select(&candle_core::Tensor::new(ids.as_slice(), emb.device())?, 0)?;
         let search = crate::retrieval::SearchConfig {
             top_n: cfg.top_n,
             ..Default::default()
         };
-        let rr = crate::retrieval::RetrievalResults::from_embeddings_qg(
-            &pick(&q)?,
-            &pick(&g)?,
-            None,
-            None,
-            None,
-            None,
-            None,
-            &search,
-        )?;
+        let rr = crate::retrieval::RetrievalResults::from_embeddings(&val, &info, &search)?;
+        let (Some(q_items), Some(g_items)) = (rr.query_item_ids(), rr.gallery_item_ids()) else {
+            return Err(Error::Msg("retrieval results without item ids".into()));
+        };
         let mut out = Vec::new();
-        for (qi, &row) in q.iter().enumerate() {
+        for (qi, &item) in q_items.iter().enumerate() {
             let items: Vec<BTreeMap<&str, serde_json::Value>> = rr
                 .retrieved_ids(qi)
                 .iter()
                 .zip(rr.distances(qi))
                 .map(|(&gi, &d)| {
                     BTreeMap::from([
-                        ("path", serde_json::Value::from(table.paths[g[gi]].clone())),
+                        (
+                            "path",
+                            serde_json::Value::from(table.paths[rows[g_items[gi]]].clone()),
+                        ),
                         ("distance", serde_json::Value::from(d as f64)),
                     ])
                 })
                 .collect();
-            out.push(serde_json::json!({"query": table.paths[row], "retrieved": items}));
+            out.push(serde_json::json!({"query": table.paths[rows[item]], "retrieved": items}));
         }
         let text = serde_json::to_string_pretty(&out).map_err(|e| Error::Msg(e.to_string()))?;
         std::fs::write(cfg.logs_dir.join("predictions.json"), text)

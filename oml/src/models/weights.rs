@@ -120,7 +120,8 @@ pub fn strip_prefix_before(tensors: &mut StateDict, marker: &str) -> Option<Stri
         while let Some(pos) = k[from..].find(marker).map(|p| p + from) {
             if pos == 0 || k.as_bytes()[pos - 1] == b'.' {
                 let prefix = &k[..pos];
-                if best.is_none_or(|b| prefix.len() < b.len()) {
+                // Shortest prefix; equal lengths by key order (deterministic).
+                if best.is_none_or(|b| (prefix.len(), prefix) < (b.len(), b)) {
                     best = Some(prefix);
                 }
                 break;

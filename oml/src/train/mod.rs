@@ -87,6 +87,10 @@ pub struct FitConfig {
     /// Where checkpoints, history and plots go (none: memory only).
     #[serde(default)]
     pub logs_dir: Option<PathBuf>,
+    /// Keep decoded training images in memory after the first epoch (fast for small datasets;
+    /// memory grows with the dataset).
+    #[serde(default)]
+    pub cache_images: bool,
 }
 
 fn one() -> f64 {
@@ -167,6 +171,7 @@ impl Default for FitConfig {
             metrics: default_metrics(),
             val_batch_size: 32,
             logs_dir: None,
+            cache_images: false,
         }
     }
 }
@@ -293,17 +298,57 @@ impl Trainer {
         BalanceSampler::new(train.labels(), cfg.n_labels, cfg.n_instances)?;
         cfg.metrics.validate()?;
         check_metric_path(&cfg.checkpoint_metric, &cfg.metrics)?;
+        if cfg.val_batch_size == 0 {
+            return Err(Error::param("val_batch_size", 0, "at least 1"));
+        }
+        if let Some(s) = cfg.max_seconds
+            && !(s.is_finite() && s > 0.0)
+        {
+            return Err(Error::param(
+                "max_seconds",
+                s,
+                "a finite number of seconds > 0",
+            ));
+        }
+        if let Some((v, _)) = &val
+            && (v.query_ids().is_empty() || v.gallery_ids().is_empty())
+        {
+            return Err(Error::Msg(
+                "the validation rows need at least one query and one gallery item".into(),
+            ));
+        }
         if let Some(c) = cfg.clip_grad_norm
             && c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
             return Err(Error::param("clip_grad_norm", c, "a positive norm"));
         }
+        // An MLP head (`projection.*`) is not part of the backbone: it trains while the backbone
+        // is frozen, as in OML.
+        let (head, body): (Vec<_>, Vec<_>) = sorted_vars(&backbone)
+            .into_iter()
+            .partition(|(k, _)| k.starts_with("projection."));
+        if cfg.freeze_backbone_epochs > 0
+            && head.is_empty()
+            && sorted_vars(&criterion_vars).is_empty()
+        {
+            return Err(Error::param(
+                "freeze_backbone_epochs",
+                cfg.freeze_backbone_epochs,
+                "0 for a model without a head and a loss without parameters: nothing would train",
+            ));
+        }
         let groups = vec![
             ParamGroup {
                 name: "backbone".into(),
-                params: sorted_vars(&backbone),
+                params: body,
                 lr_scale: cfg.backbone_lr_scale,
                 frozen: cfg.freeze_backbone_epochs > 0,
+            },
+            ParamGroup {
+                name: "head".into(),
+                params: head,
+                lr_scale: 1.0,
+                frozen: false,
             },
             ParamGroup {
                 name: "criterion".into(),
@@ -443,6 +488,10 @@ impl Trainer {
         let start = Instant::now();
         if let Some(dir) = &self.cfg.logs_dir {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+            if self.step == 0 && self.epoch == 0 && self.batch_in_epoch == 0 {
+                // A fresh run does not append to an old run's history.
+                let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+            }
             let cfg = serde_norway::to_string(&self.cfg).map_err(|e| Error::Msg(e.to_string()))?;
             std::fs::write(dir.join("fit_config.yaml"), cfg)
                 .map_err(|e| Error::io("cannot write", dir, e))?;
@@ -452,7 +501,7 @@ impl Trainer {
             self.train_transform.clone(),
             LoaderConfig {
                 prefetch: 2,
-                cache: true,
+                cache: self.cfg.cache_images,
                 seed: self.cfg.seed,
             },
         )?;
@@ -528,6 +577,13 @@ impl Trainer {
                 let scale = match self.cfg.clip_grad_norm {
                     Some(c) => {
                         let n = self.optimizer.grad_norm(&grads)?;
+                        if !n.is_finite() {
+                            return Err(Error::Msg(format!(
+                                "the gradient norm is {n} at step {} (epoch {}): lower the learning rate",
+                                self.step + 1,
+                                self.epoch
+                            )));
+                        }
                         if n > c { c / n } else { 1.0 }
                     }
                     None => 1.0,
@@ -600,7 +656,7 @@ impl Trainer {
                         last_metrics = Some(metrics.clone());
                     }
                     self.record(rec)?;
-                    if self.best.is_none_or(|(b, _)| value > b) {
+                    if self.best.is_none_or(|(b, _)| b.is_nan() || value > b) {
                         self.best = Some((value, self.epoch - 1));
                         if let Some(dir) = self.cfg.logs_dir.clone() {
                             self.save_weights(&dir.join("best.safetensors"))?;
