@@ -46,21 +46,7 @@ fn small_vit(model: &Value) -> ViTExtractor {
 }
 
 fn small_vit_from(model: &Value, weights: &Value) -> ViTExtractor {
-    let c = &model["config"];
-    let get = |k: &str| c[k].as_u64().expect(k) as usize;
-    let cfg = ViTConfig {
-        patch_size: get("patch_size"),
-        embed_dim: get("embed_dim"),
-        depth: get("depth"),
-        num_heads: get("num_heads"),
-        mlp_ratio: get("mlp_ratio"),
-        layerscale: c["layerscale"].as_bool().expect("layerscale"),
-        pos_grid: get("pos_embed_grid"),
-        n_registers: c["num_register_tokens"].as_u64().unwrap_or(0) as usize,
-        eps: 1e-6,
-        normalise: false,
-        multi_scale: false,
-    };
+    let cfg = vit_cfg(model);
     let weights = repo().join(weights["file"].as_str().expect("file"));
     ViTExtractor::from_safetensors(&cfg, &weights, &Device::Cpu).expect("weights")
 }
@@ -302,21 +288,8 @@ fn dino_multi_scale_and_normalised_outputs_match_oml() {
     let fx = fixture();
     let m = model(&fx, "vit_dino_small");
     let x = input(&fx, "x64");
-    let c = &m["config"];
-    let get = |k: &str| c[k].as_u64().expect(k) as usize;
-    let mut cfg = ViTConfig {
-        patch_size: get("patch_size"),
-        embed_dim: get("embed_dim"),
-        depth: get("depth"),
-        num_heads: get("num_heads"),
-        mlp_ratio: get("mlp_ratio"),
-        layerscale: false,
-        pos_grid: get("pos_embed_grid"),
-        n_registers: 0,
-        eps: 1e-6,
-        normalise: false,
-        multi_scale: true,
-    };
+    let mut cfg = vit_cfg(m);
+    cfg.multi_scale = true;
     let path = weights_path(m);
     let ms = ViTExtractor::from_safetensors(&cfg, &path, &Device::Cpu).expect("vit");
     assert_close(
@@ -505,26 +478,7 @@ fn an_mlp_head_follows_torchvision_and_freezing_stops_gradients() {
         &weights_path(m),
         &Device::Cpu,
         Some(&bvm),
-        |vb| {
-            let c = &m["config"];
-            let get = |k: &str| c[k].as_u64().expect(k) as usize;
-            ViTExtractor::new(
-                &ViTConfig {
-                    patch_size: get("patch_size"),
-                    embed_dim: get("embed_dim"),
-                    depth: get("depth"),
-                    num_heads: get("num_heads"),
-                    mlp_ratio: get("mlp_ratio"),
-                    layerscale: false,
-                    pos_grid: get("pos_embed_grid"),
-                    n_registers: 0,
-                    eps: 1e-6,
-                    normalise: false,
-                    multi_scale: false,
-                },
-                vb,
-            )
-        },
+        |vb| ViTExtractor::new(&vit_cfg(m), vb),
     )
     .expect("trainable vit");
     let head = ExtractorWithMLP::new(
@@ -602,21 +556,7 @@ fn the_trainable_vit_computes_what_the_inference_one_does() {
     let x = input(&fx, "x56");
     let constant = small_vit(m);
     let vm = VarMap::new();
-    let c = &m["config"];
-    let get = |k: &str| c[k].as_u64().expect(k) as usize;
-    let cfg = ViTConfig {
-        patch_size: get("patch_size"),
-        embed_dim: get("embed_dim"),
-        depth: get("depth"),
-        num_heads: get("num_heads"),
-        mlp_ratio: get("mlp_ratio"),
-        layerscale: true,
-        pos_grid: get("pos_embed_grid"),
-        n_registers: 0,
-        eps: 1e-6,
-        normalise: false,
-        multi_scale: false,
-    };
+    let cfg = vit_cfg(m);
     let trainable = oml::models::load_with(
         oml::models::Family::Vit,
         &weights_path(m),

@@ -11,7 +11,9 @@
 //! bicubic (`a = -0.75`, `align_corners = False`) at `scale_factor = (g + 0.1) / M`, so that output
 //! index `i` reads source `(i + 0.5) * M / (g + 0.1) - 0.5`.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
@@ -184,6 +186,8 @@ pub struct ViTExtractor {
     registers: Option<Tensor>,
     blocks: Vec<Block>,
     norm: super::Norm,
+    /// Interpolation matrices by patch grid `(gh, gw)`: built once per input size, not per batch.
+    resize: Mutex<HashMap<(usize, usize), Tensor>>,
 }
 
 impl ViTExtractor {
@@ -226,6 +230,7 @@ impl ViTExtractor {
             registers,
             blocks,
             norm,
+            resize: Mutex::new(HashMap::new()),
         })
     }
 
@@ -250,6 +255,25 @@ impl ViTExtractor {
         if gh == m && gw == m {
             return Ok(self.pos.clone());
         }
+        let matrix = {
+            let mut cache = self.resize.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get(&(gh, gw)) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = self.resize_matrix(gh, gw)?;
+                    cache.insert((gh, gw), t.clone());
+                    t
+                }
+            }
+        };
+        let grid = self.pos.narrow(1, 1, m * m)?.squeeze(0)?;
+        let patch = matrix.matmul(&grid)?.unsqueeze(0)?;
+        Ok(Tensor::cat(&[&self.pos.narrow(1, 0, 1)?, &patch], 1)?)
+    }
+
+    /// The `[gh * gw, M * M]` matrix that resizes the `M x M` position grid to `gh x gw`.
+    fn resize_matrix(&self, gh: usize, gw: usize) -> Result<Tensor> {
+        let m = self.cfg.pos_grid;
         let (ty, tx) = if self.cfg.n_registers > 0 {
             (antialiased_taps(m, gh), antialiased_taps(m, gw))
         } else {
@@ -266,11 +290,10 @@ impl ViTExtractor {
                 }
             }
         }
-        let matrix = Tensor::from_vec(matrix, (gh * gw, m * m), self.pos.device())?
-            .to_dtype(self.pos.dtype())?;
-        let grid = self.pos.narrow(1, 1, m * m)?.squeeze(0)?;
-        let patch = matrix.matmul(&grid)?.unsqueeze(0)?;
-        Ok(Tensor::cat(&[&self.pos.narrow(1, 0, 1)?, &patch], 1)?)
+        Ok(
+            Tensor::from_vec(matrix, (gh * gw, m * m), self.pos.device())?
+                .to_dtype(self.pos.dtype())?,
+        )
     }
 
     /// Embeddings `[B, D]`: one scale, or OML's multi-scale mean when configured.
