@@ -1,5 +1,5 @@
 //! Where a fine-tuning step's time goes (ViT-S/14 at 56 px, batch 32): forward, loss, backward,
-//! optimiser. `cargo run --example prof_train`.
+//! optimiser. `cargo run --example prof_train [SIDE [ARCH]]`, e.g. `-- 224 vits16`.
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -14,8 +14,9 @@ fn main() -> oml::Result<()> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(56);
+    let arch = std::env::args().nth(2).unwrap_or_else(|| "vits14".into());
     let vm = VarMap::new();
-    let net = oml::models::init(&ModelSpec::new("vits14"), &vm, &dev)?;
+    let net = oml::models::init(&ModelSpec::new(&arch), &vm, &dev)?;
     let params: Vec<(String, candle_core::Var)> = vm
         .data()
         .lock()

@@ -435,8 +435,9 @@ pub fn init(spec: &ModelSpec, varmap: &VarMap, device: &Device) -> Result<Box<dy
     spec.build(vb)
 }
 
-/// LayerNorm that trains: candle's fused kernel (fast, but without a backward pass) when its
-/// weights are constants, the composed formula (differentiable) when they are variables.
+/// LayerNorm that trains. On the CPU (f32) a fused kernel with a backward pass
+/// ([`oml_kernels::layer_norm`]); elsewhere candle's fused kernel (without a backward pass) when the
+/// weights are constants and the composed formula (differentiable) when they are variables.
 pub(crate) struct Norm {
     weight: Tensor,
     bias: Tensor,
@@ -458,6 +459,14 @@ impl Norm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if oml_kernels::fused(x) {
+            return Ok(oml_kernels::layer_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.eps,
+            )?);
+        }
         if !self.trainable() && x.is_contiguous() {
             return Ok(candle_nn::ops::layer_norm(
                 x,
@@ -476,13 +485,14 @@ impl Norm {
     }
 }
 
-/// Softmax over the last dimension: candle's fused kernel for inference, the composed
+/// `softmax(scale * x)` over the last dimension. On the CPU one fused, multi-threaded kernel
+/// with a backward pass; elsewhere candle's fused kernel for inference and the composed
 /// (differentiable) one when `train`.
-pub(crate) fn softmax_last(x: &Tensor, train: bool) -> Result<Tensor> {
-    if train {
-        return Ok(candle_nn::ops::softmax(x, candle_core::D::Minus1)?);
+pub(crate) fn softmax_last(x: &Tensor, scale: f64, train: bool) -> Result<Tensor> {
+    if train || oml_kernels::fused(x) {
+        return Ok(oml_kernels::softmax_last(x, scale)?);
     }
-    Ok(candle_nn::ops::softmax_last_dim(x)?)
+    Ok(candle_nn::ops::softmax_last_dim(&(x * scale)?)?)
 }
 
 /// OML's or DINO's checkpoint (or any supported file) for `spec` as clean tensors in the original

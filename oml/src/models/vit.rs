@@ -148,17 +148,19 @@ impl Block {
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
         let hd = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let qkv = oml_kernels::linear(&self.qkv, x)?
             .reshape((b, n, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)? * (hd as f64).powf(-0.5))?.contiguous()?;
+        let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let att = super::softmax_last(&q.matmul(&k.t()?)?, self.norm1.trainable())?;
+        let att = super::softmax_last(
+            &q.matmul(&k.t()?)?,
+            (hd as f64).powf(-0.5),
+            self.norm1.trainable(),
+        )?;
         let out = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
-        Ok(self.proj.forward(&out)?)
+        Ok(oml_kernels::linear(&self.proj, &out)?)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -170,8 +172,8 @@ impl Block {
         };
         let a = scale(self.attention(&self.norm1.forward(x)?)?, &self.ls1)?;
         let x = (x + a)?;
-        let h = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?;
-        let m = scale(self.fc2.forward(&h)?, &self.ls2)?;
+        let h = oml_kernels::gelu_erf(&oml_kernels::linear(&self.fc1, &self.norm2.forward(&x)?)?)?;
+        let m = scale(oml_kernels::linear(&self.fc2, &h)?, &self.ls2)?;
         Ok((x + m)?)
     }
 }

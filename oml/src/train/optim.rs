@@ -159,6 +159,10 @@ impl Optimizer {
         for g in self.groups.iter().filter(|g| !g.frozen) {
             for (_, var) in &g.params {
                 if let Some(grad) = grads.get(var.as_tensor()) {
+                    if let Some(sq) = oml_kernels::sum_squares(grad)? {
+                        total += sq;
+                        continue;
+                    }
                     total += grad
                         .sqr()?
                         .sum_all()?
@@ -203,6 +207,28 @@ impl Optimizer {
                         ..
                     } => {
                         let decoupled = matches!(kind, OptimizerKind::Adamw { .. });
+                        let fused = oml_kernels::adam_step(
+                            p,
+                            grad,
+                            self.m.get(name),
+                            self.v.get(name),
+                            &oml_kernels::AdamStep {
+                                lr,
+                                beta1: betas.0,
+                                beta2: betas.1,
+                                eps,
+                                weight_decay,
+                                decoupled,
+                                step: t,
+                                grad_scale,
+                            },
+                        )?;
+                        if let Some((np, m, v)) = fused {
+                            var.set(&np)?;
+                            self.m.insert(name.clone(), m);
+                            self.v.insert(name.clone(), v);
+                            continue;
+                        }
                         let mut base = p.detach();
                         if weight_decay != 0.0 {
                             if decoupled {

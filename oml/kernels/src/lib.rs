@@ -1,0 +1,882 @@
+//! Fused CPU kernels with backward passes, for fine-tuning on the CPU.
+//!
+//! candle's CPU backend runs a layer norm, a softmax or a GELU as a chain of small tensor ops,
+//! most of them single-threaded, and their backward passes as longer chains (a strided sum for
+//! every broadcast bias). On a ViT step that chain cost more than the matrix products. Each op
+//! here is one multi-threaded pass forward and one backward, on contiguous f32 tensors on the
+//! CPU; every other device or dtype takes candle's own ops, so CUDA is unaffected.
+//!
+//! Sums across rows (the gradients of a bias or a norm's weights) are taken in a fixed order that
+//! depends only on the shapes, never on the thread count, so training stays bit-reproducible.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Rows per parallel task: large enough to amortise scheduling, small enough to balance 2-16
+/// cores. Also the unit of the fixed-order sums.
+const ROWS_PER_TASK: usize = 32;
+/// Elements per parallel task for element-wise ops.
+const ELEMS_PER_TASK: usize = 1 << 14;
+
+/// Whether `x` can take the fused kernels: a tensor of f32 on the CPU.
+pub fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => Err(candle_core::Error::Msg(format!(
+            "{op}: expects a contiguous tensor"
+        ))),
+    }
+}
+
+fn last_dim(shape: &Shape, op: &str) -> CResult<usize> {
+    match shape.dims().last() {
+        Some(&d) if d > 0 => Ok(d),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{op}: expects a non-empty last dimension, got {shape:?}"
+        ))),
+    }
+}
+
+/// Sums `parts` (each of length `n`) in order: the fixed-order reduction of per-task partials.
+fn sum_parts(parts: Vec<Vec<f32>>, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    for p in parts {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer norm over the last dimension.
+
+struct LayerNorm {
+    eps: f32,
+}
+
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let d = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / d;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "oml-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let b = slice(s3, l3, self.name())?;
+        let d = last_dim(l1.shape(), self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|(ys, xs)| {
+                for (yr, xr) in ys.chunks_mut(d).zip(xs.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    for i in 0..d {
+                        yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let n = x.elem_count();
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormBwd { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
+        let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// The layer norm's backward pass: `[dx (all of x), dw (d), db (d)]` in one flat tensor.
+struct LayerNormBwd {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBwd {
+    fn name(&self) -> &'static str {
+        "oml-layer-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let g = slice(s3, l3, self.name())?;
+        let d = last_dim(l1.shape(), self.name())?;
+        let n = x.len();
+        let mut out = vec![0f32; n + 2 * d];
+        let (dx, _) = out.split_at_mut(n);
+        let parts: Vec<Vec<f32>> = dx
+            .par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .zip(g.par_chunks(d * ROWS_PER_TASK))
+            .map(|((dxs, xs), gs)| {
+                let mut part = vec![0f32; 2 * d];
+                let mut xhat = vec![0f32; d];
+                for ((dxr, xr), gr) in dxs.chunks_mut(d).zip(xs.chunks(d)).zip(gs.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let (mut m1, mut m2) = (0f32, 0f32);
+                    for i in 0..d {
+                        xhat[i] = (xr[i] - mean) * rstd;
+                        let dxh = gr[i] * w[i];
+                        m1 += dxh;
+                        m2 += dxh * xhat[i];
+                        part[i] += gr[i] * xhat[i];
+                        part[d + i] += gr[i];
+                    }
+                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                    for i in 0..d {
+                        dxr[i] = rstd * (gr[i] * w[i] - m1 - xhat[i] * m2);
+                    }
+                }
+                part
+            })
+            .collect();
+        out[n..].copy_from_slice(&sum_parts(parts, 2 * d));
+        Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
+    }
+}
+
+/// `LayerNorm(x) * weight + bias` over the last dimension, differentiable in all three.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax over the last dimension, of a scaled input.
+
+struct Softmax {
+    scale: f32,
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "oml-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let d = last_dim(l.shape(), self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|(ys, xs)| {
+                simd(|| {
+                    for (yr, xr) in ys.chunks_mut(d).zip(xs.chunks(d)) {
+                        let max = xr
+                            .iter()
+                            .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
+                        for (o, &v) in yr.iter_mut().zip(xr) {
+                            *o = exp_f32(v * self.scale - max);
+                        }
+                        let inv = 1.0 / yr.iter().sum::<f32>();
+                        for o in yr.iter_mut() {
+                            *o *= inv;
+                        }
+                    }
+                })
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &SoftmaxBwd { scale: self.scale },
+        )?))
+    }
+}
+
+/// `scale * y * (g - <g, y>)` per row.
+struct SoftmaxBwd {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "oml-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let y = slice(s1, l1, self.name())?;
+        let g = slice(s2, l2, self.name())?;
+        let d = last_dim(l1.shape(), self.name())?;
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(y.par_chunks(d * ROWS_PER_TASK))
+            .zip(g.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|((dxs, ys), gs)| {
+                for ((dr, yr), gr) in dxs.chunks_mut(d).zip(ys.chunks(d)).zip(gs.chunks(d)) {
+                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    for i in 0..d {
+                        dr[i] = self.scale * yr[i] * (gr[i] - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `softmax(scale * x)` over the last dimension, differentiable; candle's ops off the CPU.
+pub fn softmax_last(x: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op1(Softmax {
+            scale: scale as f32,
+        });
+    }
+    let x = if scale == 1.0 {
+        x.clone()
+    } else {
+        (x * scale)?
+    };
+    candle_nn::ops::softmax(&x, candle_core::D::Minus1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU (the exact, erf form).
+
+struct Gelu;
+
+/// `e^x` for f32 without a library call, so that loops over it vectorise: `x = n ln 2 + r` with
+/// `|r| <= ln 2 / 2`, a degree-6 Taylor polynomial for `e^r` (relative error < 3e-8 there), and
+/// `2^n` built in the exponent bits. Inputs are clamped to [-87, 88], where `e^x` is a normal f32.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let ni = (t.to_bits() as i32) - (MAGIC.to_bits() as i32);
+    p * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
+/// `erf(x)` for f32 (Abramowitz and Stegun 7.1.26, branch-free): absolute error < 1.5e-7 in exact
+/// arithmetic, 6.4e-7 measured in f32 (the test bounds it by 1e-6).
+#[inline(always)]
+fn erf_f32(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp_f32(-a * a);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn gelu(v: f32) -> f32 {
+    (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
+}
+
+#[inline(always)]
+fn gelu_grad(v: f32) -> f32 {
+    // d/dv [v * Phi(v)] = Phi(v) + v * phi(v)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let phi = exp_f32(-0.5 * v * v) * INV_SQRT_2PI;
+    0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2)) + v * phi
+}
+
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the crate is built for baseline
+/// x86-64, where the element-wise loops above vectorise only 4 wide).
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the features `wide` is compiled for were detected on this CPU.
+            return unsafe { wide(f) };
+        }
+    }
+    f()
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "oml-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(x.par_chunks(ELEMS_PER_TASK))
+            .for_each(|(ys, xs)| {
+                simd(|| {
+                    for (o, &v) in ys.iter_mut().zip(xs) {
+                        *o = gelu(v);
+                    }
+                })
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBwd)?))
+    }
+}
+
+struct GeluBwd;
+
+impl CustomOp2 for GeluBwd {
+    fn name(&self) -> &'static str {
+        "oml-gelu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let g = slice(s2, l2, self.name())?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(x.par_chunks(ELEMS_PER_TASK))
+            .zip(g.par_chunks(ELEMS_PER_TASK))
+            .for_each(|((ds, xs), gs)| {
+                simd(|| {
+                    for ((o, &v), &gv) in ds.iter_mut().zip(xs).zip(gs) {
+                        *o = gv * gelu_grad(v);
+                    }
+                })
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// The exact (erf) GELU, differentiable; candle's op off the CPU.
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    if fused(x) {
+        return x.contiguous()?.apply_op1(Gelu);
+    }
+    x.gelu_erf()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear layer: x @ w^T + b in one matrix product, and its backward without strided sums.
+
+struct Linear;
+
+/// `dst (m x n) = [dst +] lhs (m x k, row strides given) @ rhs (k x n, strides given)`.
+#[allow(clippy::too_many_arguments)]
+fn matmul_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: every index the product reads, `r * rs + c * cs` for r, c within the stated
+    // dimensions, lies inside the slice it reads (callers pass strides of dense matrices of those
+    // dimensions), and `dst` holds m x n elements written with row stride n.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "oml-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let b = slice(s3, l3, self.name())?;
+        let (n, k) = l2.shape().dims2()?;
+        let m = x.len() / k;
+        if m * k != x.len() || b.len() != n || last_dim(l1.shape(), self.name())? != k {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: input {:?} does not fit weight {:?} and bias {:?}",
+                self.name(),
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )));
+        }
+        let mut y = vec![0f32; m * n];
+        y.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
+            for r in rows.chunks_mut(n) {
+                r.copy_from_slice(b);
+            }
+        });
+        // w is n x k row-major, so w^T (k x n) has row stride 1 and column stride k.
+        matmul_into(&mut y, true, (m, n, k), x, (k, 1), w, (1, k));
+        let mut dims = l1.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearBwd)?;
+        let (n, k) = w.dims2()?;
+        let nx = x.elem_count();
+        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, nx, n * k)?.reshape((n, k))?;
+        let db = packed.narrow(0, nx + n * k, n)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// The linear layer's backward: `[dx = g @ w, dw = g^T @ x, db = column sums of g]` flat.
+struct LinearBwd;
+
+impl CustomOp3 for LinearBwd {
+    fn name(&self) -> &'static str {
+        "oml-linear-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let g = slice(s3, l3, self.name())?;
+        let (n, k) = l2.shape().dims2()?;
+        let m = x.len() / k;
+        if g.len() != m * n {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: gradient {:?} does not fit input {:?} and weight {:?}",
+                self.name(),
+                l3.shape(),
+                l1.shape(),
+                l2.shape()
+            )));
+        }
+        let mut out = vec![0f32; m * k + n * k + n];
+        let (dx, rest) = out.split_at_mut(m * k);
+        let (dw, db) = rest.split_at_mut(n * k);
+        // dx (m x k) = g (m x n) @ w (n x k)
+        matmul_into(dx, false, (m, k, n), g, (n, 1), w, (k, 1));
+        // dw (n x k) = g^T (n x m) @ x (m x k); g^T has row stride 1 and column stride n.
+        matmul_into(dw, false, (n, k, m), g, (1, n), x, (k, 1));
+        // db: column sums, each task owning a block of columns and adding rows in order.
+        db.par_chunks_mut(64).enumerate().for_each(|(ci, cols)| {
+            let c0 = ci * 64;
+            for row in g.chunks(n) {
+                for (o, v) in cols.iter_mut().zip(&row[c0..]) {
+                    *o += v;
+                }
+            }
+        });
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// `x @ w^T + b` over the last dimension of `x`, differentiable in all three; candle's
+/// [`candle_nn::Linear`] off the CPU or without a bias.
+pub fn linear(layer: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    use candle_core::Module;
+    match layer.bias() {
+        Some(b) if fused(x) && fused(layer.weight()) => {
+            x.contiguous()?
+                .apply_op3(&layer.weight().contiguous()?, &b.contiguous()?, Linear)
+        }
+        _ => layer.forward(x),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adam / AdamW update: one pass over a parameter instead of a dozen tensor ops.
+
+/// One Adam step's settings, as torch's `Adam` / `AdamW` apply them.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// AdamW: the decay shrinks the parameter; Adam: it is added to the gradient.
+    pub decoupled: bool,
+    /// The parameter's step count, from 1 (bias correction).
+    pub step: i32,
+    /// Multiplies the gradient first (clipping).
+    pub grad_scale: f64,
+}
+
+fn with_cpu_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> CResult<R>) -> CResult<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cs) => f(slice(cs, layout, "oml-adam")?),
+        _ => Err(candle_core::Error::Msg(
+            "oml-adam: expects a CPU tensor".into(),
+        )),
+    }
+}
+
+/// The new `(parameter, first moment, second moment)` after one step from `p` with gradient `g`
+/// (moments start at zero when `None`), or `None` when the tensors are not contiguous f32 on the
+/// CPU (the caller then uses tensor ops). Per element, as torch's single-tensor Adam:
+/// `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+/// `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+pub fn adam_step(
+    p: &Tensor,
+    g: &Tensor,
+    m: Option<&Tensor>,
+    v: Option<&Tensor>,
+    h: &AdamStep,
+) -> CResult<Option<(Tensor, Tensor, Tensor)>> {
+    let eligible = |t: &Tensor| fused(t) && t.is_contiguous() && t.shape() == p.shape();
+    if !eligible(p) || !eligible(g) || !m.is_none_or(eligible) || !v.is_none_or(eligible) {
+        return Ok(None);
+    }
+    let zeros;
+    let (m, v) = match (m, v) {
+        (Some(m), Some(v)) => (m, v),
+        _ => {
+            zeros = p.zeros_like()?;
+            (m.unwrap_or(&zeros), v.unwrap_or(&zeros))
+        }
+    };
+    let n = p.elem_count();
+    let (mut p2, mut m2, mut v2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let (b1, b2) = (h.beta1 as f32, h.beta2 as f32);
+    let step_size = (h.lr / (1.0 - h.beta1.powi(h.step))) as f32;
+    let bc2_sqrt = (1.0 - h.beta2.powi(h.step)).sqrt() as f32;
+    let (eps, gs) = (h.eps as f32, h.grad_scale as f32);
+    let (shrink, l2) = match h.decoupled {
+        true => ((1.0 - h.lr * h.weight_decay) as f32, 0.0),
+        false => (1.0, h.weight_decay as f32),
+    };
+    with_cpu_slice(p, |ps| {
+        with_cpu_slice(g, |gs_| {
+            with_cpu_slice(m, |ms| {
+                with_cpu_slice(v, |vs| {
+                    p2.par_chunks_mut(ELEMS_PER_TASK)
+                        .zip(m2.par_chunks_mut(ELEMS_PER_TASK))
+                        .zip(v2.par_chunks_mut(ELEMS_PER_TASK))
+                        .enumerate()
+                        .for_each(|(c, ((po, mo), vo))| {
+                            let r = c * ELEMS_PER_TASK..(c * ELEMS_PER_TASK + po.len());
+                            let (pi, gi) = (&ps[r.clone()], &gs_[r.clone()]);
+                            let (mi, vi) = (&ms[r.clone()], &vs[r]);
+                            simd(|| {
+                                for i in 0..po.len() {
+                                    let grad = gi[i] * gs + l2 * pi[i];
+                                    let mm = b1 * mi[i] + (1.0 - b1) * grad;
+                                    let vv = b2 * vi[i] + (1.0 - b2) * grad * grad;
+                                    let denom = vv.sqrt() / bc2_sqrt + eps;
+                                    po[i] = pi[i] * shrink - step_size * mm / denom;
+                                    mo[i] = mm;
+                                    vo[i] = vv;
+                                }
+                            })
+                        });
+                    Ok(())
+                })
+            })
+        })
+    })?;
+    let dev = p.device();
+    Ok(Some((
+        Tensor::from_vec(p2, p.shape(), dev)?,
+        Tensor::from_vec(m2, p.shape(), dev)?,
+        Tensor::from_vec(v2, p.shape(), dev)?,
+    )))
+}
+
+/// The sum of squares of a contiguous f32 CPU tensor in f64 (gradient norms), or `None` for other
+/// tensors. Summed per fixed-size block, then over blocks in order: reproducible.
+pub fn sum_squares(t: &Tensor) -> CResult<Option<f64>> {
+    if !fused(t) || !t.is_contiguous() {
+        return Ok(None);
+    }
+    with_cpu_slice(t, |xs| {
+        let parts: Vec<f64> = xs
+            .par_chunks(ELEMS_PER_TASK)
+            .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+            .collect();
+        Ok(Some(parts.iter().sum()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, Device, Var};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) -> CResult<f32> {
+        let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(diff < tol, "max |diff| {diff} >= {tol}");
+        Ok(diff)
+    }
+
+    fn composed_layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> CResult<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let c = x.broadcast_sub(&mean)?;
+        let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+        c.broadcast_div(&(var + eps)?.sqrt()?)?
+            .broadcast_mul(w)?
+            .broadcast_add(b)
+    }
+
+    /// Values and gradients of each fused op against candle's composed ops, with a loss that
+    /// weights every output differently so that a wrong gradient cannot cancel out.
+    #[test]
+    fn fused_ops_match_candles_composed_ones() -> CResult<()> {
+        let dev = Device::Cpu;
+        // 70 rows: two full tasks of 32 and a partial one.
+        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (2, 35, 24), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 24, &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 24, &dev)?)?;
+        let lw = Var::from_tensor(&Tensor::randn(0f32, 0.2, (80, 24), &dev)?)?;
+        let lb = Var::from_tensor(&Tensor::randn(0f32, 0.2, 80, &dev)?)?;
+        let probe = Tensor::randn(0f32, 1.0, (2, 35, 80), &dev)?;
+        let layer = candle_nn::Linear::new(lw.as_tensor().clone(), Some(lb.as_tensor().clone()));
+        let run = |fast: bool| -> CResult<(Tensor, Vec<Tensor>)> {
+            let h = if fast {
+                layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-6)?
+            } else {
+                composed_layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-6)?
+            };
+            let h = if fast {
+                linear(&layer, &h)?
+            } else {
+                candle_core::Module::forward(&layer, &h)?
+            };
+            let h = if fast { gelu_erf(&h)? } else { h.gelu_erf()? };
+            let h = if fast {
+                softmax_last(&h, 0.7)?
+            } else {
+                candle_nn::ops::softmax(&(h * 0.7)?, D::Minus1)?
+            };
+            let loss = (&h * &probe)?.sum_all()?;
+            let grads = loss.backward()?;
+            let gs = [&x, &w, &b, &lw, &lb]
+                .iter()
+                .map(|v| {
+                    grads
+                        .get(v.as_tensor())
+                        .cloned()
+                        .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))
+                })
+                .collect::<CResult<Vec<_>>>()?;
+            Ok((h, gs))
+        };
+        let (fast, fast_g) = run(true)?;
+        let (slow, slow_g) = run(false)?;
+        close(&fast, &slow, 1e-6)?;
+        for (f, s) in fast_g.iter().zip(&slow_g) {
+            let scale = s.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(scale > 0.0);
+            close(f, s, 1e-4 * scale.max(1.0))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fast_exp_and_erf_match_the_library_ones() {
+        let mut worst = (0f32, 0f32);
+        for i in -40_000..=40_000 {
+            let x = i as f32 * 2e-3; // -80 .. 80
+            let e = (exp_f32(x) as f64 - (x as f64).exp()).abs() / (x as f64).exp();
+            worst.0 = worst.0.max(e as f32);
+            let x = x / 10.0; // -8 .. 8
+            let r = candle_core::cpu::erf::erf_f64(x as f64);
+            worst.1 = worst.1.max((erf_f32(x) as f64 - r).abs() as f32);
+        }
+        assert!(worst.0 < 5e-7, "exp: relative error {}", worst.0);
+        assert!(worst.1 < 1e-6, "erf: absolute error {}", worst.1);
+        assert_eq!(exp_f32(-1e4), exp_f32(-87.0));
+        assert!(exp_f32(1e4).is_finite());
+    }
+
+    #[test]
+    fn fused_sums_do_not_depend_on_the_thread_count() -> CResult<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (300, 48), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::ones(48, DType::F32, &dev)?)?;
+        let b = Var::from_tensor(&Tensor::zeros(48, DType::F32, &dev)?)?;
+        let grads = |threads: usize| -> CResult<Vec<f32>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            pool.install(|| {
+                let y = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
+                let g = (y.sqr()? * 0.5)?.sum_all()?.backward()?;
+                match g.get(w.as_tensor()) {
+                    Some(t) => t.to_vec1::<f32>(),
+                    None => Err(candle_core::Error::Msg("no gradient".into())),
+                }
+            })
+        };
+        assert_eq!(grads(1)?, grads(3)?);
+        Ok(())
+    }
+
+    /// Two Adam / AdamW steps against the same formula written with tensor ops.
+    #[test]
+    fn adam_step_matches_the_formula() -> CResult<()> {
+        let dev = Device::Cpu;
+        let p = Tensor::randn(0f32, 1.0, 40_000, &dev)?;
+        let grads = [
+            Tensor::randn(0f32, 1.0, 40_000, &dev)?,
+            Tensor::randn(0f32, 1.0, 40_000, &dev)?,
+        ];
+        for decoupled in [true, false] {
+            let (mut fp, mut fm, mut fv) = (p.clone(), None::<Tensor>, None::<Tensor>);
+            let (mut rp, mut rm, mut rv) = (p.clone(), p.zeros_like()?, p.zeros_like()?);
+            for (t, g) in grads.iter().enumerate() {
+                let h = AdamStep {
+                    lr: 0.01,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.1,
+                    decoupled,
+                    step: t as i32 + 1,
+                    grad_scale: 0.5,
+                };
+                let out = adam_step(&fp, g, fm.as_ref(), fv.as_ref(), &h)?;
+                let Some((np, nm, nv)) = out else {
+                    panic!("a contiguous f32 CPU tensor must take the kernel");
+                };
+                (fp, fm, fv) = (np, Some(nm), Some(nv));
+                let mut grad = (g * h.grad_scale)?;
+                if !decoupled {
+                    grad = (grad + (&rp * h.weight_decay)?)?;
+                }
+                rm = ((&rm * h.beta1)? + (&grad * (1.0 - h.beta1))?)?;
+                rv = ((&rv * h.beta2)? + (grad.sqr()? * (1.0 - h.beta2))?)?;
+                let denom = ((rv.sqrt()? / (1.0 - h.beta2.powi(h.step)).sqrt())? + h.eps)?;
+                let base = match decoupled {
+                    true => (&rp * (1.0 - h.lr * h.weight_decay))?,
+                    false => rp.clone(),
+                };
+                let step = h.lr / (1.0 - h.beta1.powi(h.step));
+                rp = (base - ((&rm / denom)? * step)?)?;
+            }
+            close(&fp, &rp, 1e-6)?;
+            assert!(close(&fp, &p, 1.0)? > 1e-3, "the parameter moved");
+        }
+        let t = Tensor::new(&[3f32, 4.0], &dev)?;
+        assert_eq!(sum_squares(&t)?, Some(25.0));
+        assert_eq!(sum_squares(&t.to_dtype(DType::F64)?)?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_misshapen_linear_input_is_an_error() -> CResult<()> {
+        let dev = Device::Cpu;
+        let layer = candle_nn::Linear::new(
+            Tensor::zeros((4, 3), DType::F32, &dev)?,
+            Some(Tensor::zeros(4, DType::F32, &dev)?),
+        );
+        let x = Tensor::zeros((2, 5), DType::F32, &dev)?;
+        assert!(linear(&layer, &x).is_err());
+        Ok(())
+    }
+}
