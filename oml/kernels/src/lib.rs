@@ -588,6 +588,248 @@ pub fn linear(layer: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tens
 }
 
 // ---------------------------------------------------------------------------------------------
+// Multi-head self-attention from the fused q/k/v projection.
+
+/// A raw pointer that tasks writing disjoint parts of one buffer can share.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used by tasks that write pairwise disjoint elements (each task owns one
+// (batch, head) pair's rows and columns), and the buffer outlives the parallel loop.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer to element `offset` (a method, so that closures capture the whole `Send`
+    /// wrapper rather than its raw-pointer field).
+    fn at(&self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `softmax(scale * Q K^T) V` for every batch item and head, reading Q, K and V straight out of
+/// the `[batch, tokens, 3 * dim]` q/k/v projection (laid out `[3][heads][head_dim]` as timm's and
+/// DINO's `qkv` linear) and writing `[batch, tokens, dim]` (heads concatenated): no head
+/// permutes, no q/k/v slices, no score tensor kept for the backward pass, which recomputes it.
+struct Attention {
+    heads: usize,
+    scale: f32,
+}
+
+struct AttnDims {
+    b: usize,
+    n: usize,
+    d: usize,
+    h: usize,
+    hd: usize,
+}
+
+impl Attention {
+    fn dims(&self, shape: &Shape) -> CResult<AttnDims> {
+        let (b, n, d3) = shape.dims3()?;
+        if d3 % 3 != 0 || (d3 / 3) % self.heads != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "oml-attention: a q/k/v projection of {shape:?} does not split into 3 x {} heads",
+                self.heads
+            )));
+        }
+        let d = d3 / 3;
+        Ok(AttnDims {
+            b,
+            n,
+            d,
+            h: self.heads,
+            hd: d / self.heads,
+        })
+    }
+
+    /// The attention probabilities of one (batch, head) into `a` (n x n): `q` points at the
+    /// head's first query element, keys follow `d` elements later.
+    fn probs(&self, dm: &AttnDims, q: &[f32], a: &mut [f32]) {
+        let (n, hd, row) = (dm.n, dm.hd, 3 * dm.d);
+        let k = &q[dm.d..];
+        debug_assert_eq!(a.len(), n * n);
+        // a (n x n) = q (n x hd, row stride 3d) @ k^T (hd x n: row stride 1, column stride 3d)
+        // SAFETY: `a` holds n x n elements and is this thread's own.
+        unsafe { gemm_single(a.as_mut_ptr(), (n, n, hd), q, (row, 1), k, (1, row), n) };
+        for r in a.chunks_mut(n) {
+            let max = r
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
+            for v in r.iter_mut() {
+                *v = exp_f32(*v * self.scale - max);
+            }
+            let inv = 1.0 / r.iter().sum::<f32>();
+            for v in r.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+/// `dst (m x n, row stride dst_rs) = lhs @ rhs` on the calling thread.
+///
+/// # Safety
+/// `dst` is valid for writes at `r * dst_rs + c` for every r < m, c < n, and no other thread
+/// reads or writes those elements meanwhile; the strides describe matrices inside `lhs`, `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_single(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    dst_rs: usize,
+) {
+    debug_assert!((m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
+    debug_assert!((k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
+    // SAFETY: upheld by the caller, as stated above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "oml-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let qkv = slice(s, l, self.name())?;
+        let dm = self.dims(l.shape())?;
+        let (n, d, hd) = (dm.n, dm.d, dm.hd);
+        let mut out = vec![0f32; dm.b * n * d];
+        let dst = SharedMut(out.as_mut_ptr());
+        (0..dm.b * dm.h).into_par_iter().for_each_init(
+            || vec![0f32; n * n],
+            |a, task| {
+                let (bi, hi) = (task / dm.h, task % dm.h);
+                let q = &qkv[bi * n * 3 * d + hi * hd..];
+                self.probs(&dm, q, a);
+                let v = &q[2 * d..];
+                let o = dst.at(bi * n * d + hi * hd);
+                // o (n x hd, row stride d) = a (n x n) @ v (n x hd, row stride 3d)
+                // SAFETY: this task alone writes rows bi*n..(bi+1)*n, columns
+                // hi*hd..(hi+1)*hd of `out`, which outlives the loop.
+                unsafe { gemm_single(o, (n, hd, n), a, (n, 1), v, (3 * d, 1), d) };
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((dm.b, n, d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(qkv.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &AttentionBwd {
+                heads: self.heads,
+                scale: self.scale,
+            },
+        )?))
+    }
+}
+
+/// The gradient of [`Attention`] with respect to the q/k/v projection, in its layout.
+struct AttentionBwd {
+    heads: usize,
+    scale: f32,
+}
+
+impl CustomOp2 for AttentionBwd {
+    fn name(&self) -> &'static str {
+        "oml-attention-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let fwd = Attention {
+            heads: self.heads,
+            scale: self.scale,
+        };
+        let qkv = slice(s1, l1, self.name())?;
+        let g = slice(s2, l2, self.name())?;
+        let dm = fwd.dims(l1.shape())?;
+        let (n, d, hd) = (dm.n, dm.d, dm.hd);
+        if g.len() != dm.b * n * d {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: gradient {:?} does not fit {:?}",
+                self.name(),
+                l2.shape(),
+                l1.shape()
+            )));
+        }
+        let mut dqkv = vec![0f32; qkv.len()];
+        let dst = SharedMut(dqkv.as_mut_ptr());
+        (0..dm.b * dm.h).into_par_iter().for_each_init(
+            || (vec![0f32; n * n], vec![0f32; n * n]),
+            |(a, da), task| {
+                let (bi, hi) = (task / dm.h, task % dm.h);
+                let base = bi * n * 3 * d + hi * hd;
+                let q = &qkv[base..];
+                let (k, v) = (&q[d..], &q[2 * d..]);
+                let go = &g[bi * n * d + hi * hd..];
+                fwd.probs(&dm, q, a);
+                let (dq, dk, dv) = (dst.at(base), dst.at(base + d), dst.at(base + 2 * d));
+                // SAFETY (the three writes below): this task alone writes rows bi*n..(bi+1)*n
+                // and, in each, the columns of head hi in the q, k and v parts of `dqkv`, which
+                // outlives the loop.
+                // dv (n x hd) = a^T (n x n) @ go (n x hd, row stride d)
+                unsafe { gemm_single(dv, (n, hd, n), a, (1, n), go, (d, 1), 3 * d) };
+                // da (n x n) = go @ v^T
+                unsafe { gemm_single(da.as_mut_ptr(), (n, n, hd), go, (d, 1), v, (1, 3 * d), n) };
+                for (dr, ar) in da.chunks_mut(n).zip(a.chunks(n)) {
+                    let dot: f32 = dr.iter().zip(ar.iter()).map(|(x, y)| x * y).sum();
+                    for (x, &y) in dr.iter_mut().zip(ar.iter()) {
+                        *x = self.scale * y * (*x - dot);
+                    }
+                }
+                // dq = ds @ k ; dk = ds^T @ q
+                unsafe { gemm_single(dq, (n, hd, n), da, (n, 1), k, (3 * d, 1), 3 * d) };
+                unsafe { gemm_single(dk, (n, hd, n), da, (1, n), q, (3 * d, 1), 3 * d) };
+            },
+        );
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+/// Multi-head self-attention of a `[batch, tokens, 3 * dim]` q/k/v projection (`[3][heads]
+/// [head_dim]` in the last dimension) with scores scaled by `scale`: `[batch, tokens, dim]`,
+/// differentiable. `None` when the input is not f32 on the CPU (the caller then uses tensor ops).
+pub fn attention(qkv: &Tensor, heads: usize, scale: f64) -> CResult<Option<Tensor>> {
+    if !fused(qkv) {
+        return Ok(None);
+    }
+    Ok(Some(qkv.contiguous()?.apply_op1(Attention {
+        heads,
+        scale: scale as f32,
+    })?))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Adam / AdamW update: one pass over a parameter instead of a dozen tensor ops.
 
 /// One Adam step's settings, as torch's `Adam` / `AdamW` apply them.
@@ -814,6 +1056,45 @@ mod tests {
             })
         };
         assert_eq!(grads(1)?, grads(3)?);
+        Ok(())
+    }
+
+    /// The fused attention against the composed one: values, and the gradient of a loss that
+    /// weights every output element differently.
+    #[test]
+    fn fused_attention_matches_the_composed_one() -> CResult<()> {
+        let dev = Device::Cpu;
+        let (b, n, heads, hd) = (3, 7, 2, 5);
+        let d = heads * hd;
+        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, n, 3 * d), &dev)?)?;
+        let probe = Tensor::randn(0f32, 1.0, (b, n, d), &dev)?;
+        let scale = (hd as f64).powf(-0.5);
+        let composed = |x: &Tensor| -> CResult<Tensor> {
+            let x = x.reshape((b, n, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
+            let q = x.get(0)?.contiguous()?;
+            let k = x.get(1)?.contiguous()?;
+            let v = x.get(2)?.contiguous()?;
+            let a = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * scale)?, D::Minus1)?;
+            a.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))
+        };
+        let fast = match attention(qkv.as_tensor(), heads, scale)? {
+            Some(t) => t,
+            None => panic!("f32 on the CPU must take the kernel"),
+        };
+        let slow = composed(qkv.as_tensor())?;
+        close(&fast, &slow, 1e-5)?;
+        let gf = (&fast * &probe)?.sum_all()?.backward()?;
+        let gs = (&slow * &probe)?.sum_all()?.backward()?;
+        let (Some(gf), Some(gs)) = (gf.get(qkv.as_tensor()), gs.get(qkv.as_tensor())) else {
+            panic!("no gradient for the q/k/v projection");
+        };
+        // every part (q, k and v) of the gradient is non-zero and matches
+        for part in 0..3 {
+            let s = gs.narrow(2, part * d, d)?;
+            assert!(s.abs()?.sum_all()?.to_scalar::<f32>()? > 1e-3);
+            close(&gf.narrow(2, part * d, d)?, &s, 1e-5)?;
+        }
+        assert!(attention(&Tensor::zeros((2, 3, 10), DType::F32, &dev)?, 4, 1.0).is_err());
         Ok(())
     }
 

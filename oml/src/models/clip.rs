@@ -95,20 +95,8 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let hd = d / self.heads;
-        let qkv = oml_kernels::linear(&self.in_proj, &self.ln_1.forward(x)?)?
-            .reshape((b, n, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let att = super::softmax_last(
-            &q.matmul(&k.t()?)?,
-            (hd as f64).powf(-0.5),
-            self.ln_1.trainable(),
-        )?;
-        let a = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let qkv = oml_kernels::linear(&self.in_proj, &self.ln_1.forward(x)?)?;
+        let a = super::self_attention(&qkv, self.heads, self.ln_1.trainable())?;
         let x = (x + oml_kernels::linear(&self.out_proj, &a)?)?;
         let h = quick_gelu(&oml_kernels::linear(&self.c_fc, &self.ln_2.forward(&x)?)?)?;
         Ok((&x + oml_kernels::linear(&self.c_proj, &h)?)?)

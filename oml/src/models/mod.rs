@@ -495,6 +495,26 @@ pub(crate) fn softmax_last(x: &Tensor, scale: f64, train: bool) -> Result<Tensor
     Ok(candle_nn::ops::softmax_last_dim(&(x * scale)?)?)
 }
 
+/// Multi-head self-attention of a `[batch, tokens, 3 * dim]` q/k/v projection (`[3][heads]
+/// [head_dim]` in the last dimension, as timm's `qkv` and CLIP's `in_proj`), scores scaled by
+/// `head_dim^-1/2`: `[batch, tokens, dim]`. One fused kernel on the CPU; tensor ops elsewhere.
+pub(crate) fn self_attention(qkv: &Tensor, heads: usize, train: bool) -> Result<Tensor> {
+    let (b, n, d3) = qkv.dims3()?;
+    let (d, hd) = (d3 / 3, d3 / 3 / heads);
+    let scale = (hd as f64).powf(-0.5);
+    if let Some(out) = oml_kernels::attention(qkv, heads, scale)? {
+        return Ok(out);
+    }
+    let qkv = qkv
+        .reshape((b, n, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?;
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let att = softmax_last(&q.matmul(&k.t()?)?, scale, train)?;
+    Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?)
+}
+
 /// OML's or DINO's checkpoint (or any supported file) for `spec` as clean tensors in the original
 /// names, exactly those the network uses, checked like [`load`]: ready to save as safetensors
 /// (`oml zoo import`).

@@ -146,20 +146,8 @@ impl Block {
     }
 
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let hd = d / self.heads;
-        let qkv = oml_kernels::linear(&self.qkv, x)?
-            .reshape((b, n, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let att = super::softmax_last(
-            &q.matmul(&k.t()?)?,
-            (hd as f64).powf(-0.5),
-            self.norm1.trainable(),
-        )?;
-        let out = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let qkv = oml_kernels::linear(&self.qkv, x)?;
+        let out = super::self_attention(&qkv, self.heads, self.norm1.trainable())?;
         Ok(oml_kernels::linear(&self.proj, &out)?)
     }
 
