@@ -9,6 +9,10 @@ use oml::models::ModelSpec;
 use oml::train::{Optimizer, OptimizerKind, ParamGroup};
 
 fn main() -> oml::Result<()> {
+    // OML_MALLOC_DEFAULTS=1 measures without it.
+    if std::env::var_os("OML_MALLOC_DEFAULTS").is_none() {
+        oml_kernels::keep_freed_memory();
+    }
     let dev = Device::Cpu;
     let side: usize = std::env::args()
         .nth(1)
@@ -45,6 +49,7 @@ fn main() -> oml::Result<()> {
     )?;
     let labels: Vec<i64> = (0..32).map(|i| i / 4).collect();
     let x = Tensor::randn(0f32, 1.0, (32, 3, side, side), &dev)?;
+    let mut parts: Vec<[f64; 4]> = Vec::new();
     for i in 0..4 {
         let t0 = Instant::now();
         let emb = net.forward_t(&x, true)?;
@@ -57,14 +62,28 @@ fn main() -> oml::Result<()> {
         opt.step(&grads, 1e-5, 1.0)?;
         let t4 = Instant::now();
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        let p = [ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4)];
         println!(
             "step {i}: forward {:.0} ms, loss {:.0} ms, backward {:.0} ms, optimiser {:.0} ms",
-            ms(t0, t1),
-            ms(t1, t2),
-            ms(t2, t3),
-            ms(t3, t4)
+            p[0], p[1], p[2], p[3]
         );
+        parts.push(p);
     }
+    // Medians over the steps after the first, as benches/python_train_step.py reports them.
+    let median = |j: usize| {
+        let mut v: Vec<f64> = parts[1..].iter().map(|p| p[j]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let med: Vec<f64> = (0..4).map(median).collect();
+    println!(
+        "median of steps 1-3: forward {:.0} ms, loss {:.0} ms, backward {:.0} ms, optimiser {:.0} ms, step {:.0} ms",
+        med[0],
+        med[1],
+        med[2],
+        med[3],
+        med.iter().sum::<f64>()
+    );
     let t = Instant::now();
     let _ = net.forward(&x)?;
     println!(

@@ -944,6 +944,32 @@ pub fn sum_squares(t: &Tensor) -> CResult<Option<f64>> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Allocator settings for a training process.
+
+/// Makes glibc's `malloc` serve every allocation from its heap and keep freed memory (up to
+/// 2 GiB above the peak) instead of returning it to the system. A training step allocates and
+/// frees tensors of tens of MB each; by default each of them is a fresh `mmap` whose pages fault
+/// in one by one, about a tenth of a ViT step on 2 cores here. Peak memory is unchanged (measured:
+/// 2.71 vs 2.66 GB for a ViT-S/16 224 px batch-32 step); the process just does not shrink after
+/// it. Meant for a process that trains (the `oml` command calls it); a no-op off glibc Linux.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_MAX: i32 = -4;
+        // SAFETY: mallopt only changes malloc's tuning parameters; any value is valid for these
+        // two, and glibc serialises the change against concurrent allocations.
+        unsafe {
+            mallopt(M_MMAP_MAX, 0);
+            mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

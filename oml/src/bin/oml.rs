@@ -284,6 +284,8 @@ enum Datasets {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A short-lived process that mostly trains or embeds: reuse freed tensor memory.
+    oml_kernels::keep_freed_memory();
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
