@@ -211,6 +211,10 @@ fn a_nan_loss_stops_with_the_step_and_the_stop_handle_and_time_budget_end_runs()
     t.stop_handle()
         .store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(t.fit().expect("fit").ending, Ending::Stopped);
+    // The stop was consumed: the next fit trains (here up to a step budget).
+    t.set_budget(Some(2), None);
+    let r = t.fit().expect("fit");
+    assert_eq!((r.ending, r.steps), (Ending::StepBudget, 2));
 
     let mut t = trainer(&table, None, 1e-3, 500);
     t.set_budget(None, Some(1.0));

@@ -389,7 +389,8 @@ impl Trainer {
         self.history.clone()
     }
 
-    /// Set it to stop the run after the current step (a notebook cannot interrupt a cell).
+    /// Set it to stop the run after the current step (a notebook cannot interrupt a cell). The
+    /// run that stops clears it, so calling [`Trainer::fit`] again continues.
     pub fn stop_handle(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
@@ -668,6 +669,10 @@ impl Trainer {
                 self.save_state(&dir)?;
             }
         };
+        if ending == Ending::Stopped {
+            // The request is consumed by the run it stopped: a later `fit` continues.
+            self.stop.store(false, Ordering::Relaxed);
+        }
         if ending != Ending::Completed
             && let Some(dir) = self.cfg.logs_dir.clone()
         {
