@@ -27,7 +27,7 @@ What it mirrors (``oml/src/demo.rs``, ``run``, with pretrained weights):
   ``lr * (step + 1) / 20`` for the first 20 steps, constant after.
 * budget: train until ``--budget`` seconds of wall time have passed in the training loop (checked before each step;
   ``max_seconds``), over epochs of the sampler (at most 1000 epochs, the demo's ``max_epochs``). Seeds: torch 0,
-  numpy 0, random 0. No validation during training (``valid_every_epochs: 0``).
+  numpy 0, random 0 (``--seed``). ``--max-steps N`` also stops after N steps. No validation during training (``valid_every_epochs: 0``).
 * evaluation before and after: embed all validation rows (``eval()``, no grad, batch 64, validation transform), then
   ``RetrievalResults.from_embeddings(emb, val, n_items=8)`` (the demo's ``SearchConfig { top_n: 8 }``) and
   ``calc_retrieval_metrics_rr(rr, cmc_top_k=(1, 5), precision_top_k=(5,), map_top_k=(5,))``.
@@ -77,6 +77,8 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--budget", type=float, default=300.0, help="training wall-time budget, seconds")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="torch, numpy and random seeds (the sampler's draws)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (besides --budget)")
     p.add_argument("--image-size", type=int, default=56)
     p.add_argument("--val-labels", type=int, default=None, help="debug: keep only the first N validation labels")
     return p.parse_args()
@@ -135,9 +137,9 @@ def evaluate(model, dataset):
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    random.seed(0)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
 
     root = args.dataset_root or args.csv.resolve().parent
     df_train, df_val = load_frames(args.csv, args.val_labels)
@@ -171,7 +173,7 @@ def main() -> None:
     done = False
     for epoch in range(MAX_EPOCHS):
         for batch in loader:
-            if time.perf_counter() - t0 >= args.budget:
+            if time.perf_counter() - t0 >= args.budget or (args.max_steps is not None and step >= args.max_steps):
                 done = True
                 break
             lr = LR * (step + 1) / WARMUP_STEPS if step < WARMUP_STEPS else LR
