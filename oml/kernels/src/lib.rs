@@ -206,16 +206,8 @@ impl CustomOp1 for Softmax {
             .for_each(|(ys, xs)| {
                 simd(|| {
                     for (yr, xr) in ys.chunks_mut(d).zip(xs.chunks(d)) {
-                        let max = xr
-                            .iter()
-                            .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-                        for (o, &v) in yr.iter_mut().zip(xr) {
-                            *o = exp_f32(v * self.scale - max);
-                        }
-                        let inv = 1.0 / yr.iter().sum::<f32>();
-                        for o in yr.iter_mut() {
-                            *o *= inv;
-                        }
+                        yr.copy_from_slice(xr);
+                        softmax_row(yr, self.scale);
                     }
                 })
             });
@@ -227,6 +219,29 @@ impl CustomOp1 for Softmax {
             &grad.contiguous()?,
             &SoftmaxBwd { scale: self.scale },
         )?))
+    }
+}
+
+/// `softmax(scale * r)` of one row, in place.
+#[inline(always)]
+fn softmax_row(r: &mut [f32], scale: f32) {
+    let max = r.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+    for v in r.iter_mut() {
+        *v = exp_f32(*v * scale - max);
+    }
+    let inv = 1.0 / r.iter().sum::<f32>();
+    for v in r.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Turns the gradient `g` of one softmax row into the gradient of its input:
+/// `scale * y * (g - <g, y>)`, in place (`y` is the row's softmax).
+#[inline(always)]
+fn softmax_row_grad(g: &mut [f32], y: &[f32], scale: f32) {
+    let dot: f32 = y.iter().zip(g.iter()).map(|(a, b)| a * b).sum();
+    for (x, &p) in g.iter_mut().zip(y) {
+        *x = scale * p * (*x - dot);
     }
 }
 
@@ -256,10 +271,8 @@ impl CustomOp2 for SoftmaxBwd {
             .zip(g.par_chunks(d * ROWS_PER_TASK))
             .for_each(|((dxs, ys), gs)| {
                 for ((dr, yr), gr) in dxs.chunks_mut(d).zip(ys.chunks(d)).zip(gs.chunks(d)) {
-                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    for i in 0..d {
-                        dr[i] = self.scale * yr[i] * (gr[i] - dot);
-                    }
+                    dr.copy_from_slice(gr);
+                    softmax_row_grad(dr, yr, self.scale);
                 }
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
@@ -421,29 +434,35 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
 
 struct Linear;
 
-/// `dst (m x n) = [dst +] lhs (m x k, row strides given) @ rhs (k x n, strides given)`.
+/// `dst (m x n, row stride dst_rs) = [dst +] lhs @ rhs`, every operand given by its row and
+/// column strides.
+///
+/// # Safety
+/// `dst` is valid for writes at `r * dst_rs + c` for every r < m, c < n, and nothing else reads or
+/// writes those elements meanwhile; the strides describe matrices inside `lhs` and `rhs`.
 #[allow(clippy::too_many_arguments)]
-fn matmul_into(
-    dst: &mut [f32],
+unsafe fn gemm_strided(
+    dst: *mut f32,
+    dst_rs: usize,
     accumulate: bool,
     (m, n, k): (usize, usize, usize),
     lhs: &[f32],
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: gemm::Parallelism,
 ) {
-    debug_assert!(dst.len() >= m * n);
-    // SAFETY: every index the product reads, `r * rs + c * cs` for r, c within the stated
-    // dimensions, lies inside the slice it reads (callers pass strides of dense matrices of those
-    // dimensions), and `dst` holds m x n elements written with row stride n.
+    debug_assert!((m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
+    debug_assert!((k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
+    // SAFETY: upheld by the caller, as stated above.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,
@@ -456,8 +475,37 @@ fn matmul_into(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         );
+    }
+}
+
+/// `dst (m x n, dense) = [dst +] lhs @ rhs` on all threads.
+fn matmul_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    dims: (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    let (m, n, _) = dims;
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: `dst` is an exclusively borrowed dense m x n matrix (row stride n); callers pass
+    // strides of dense matrices of the stated dimensions for `lhs` and `rhs`.
+    unsafe {
+        gemm_strided(
+            dst.as_mut_ptr(),
+            n,
+            accumulate,
+            dims,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            gemm::Parallelism::Rayon(0),
+        )
     }
 }
 
@@ -651,61 +699,40 @@ impl Attention {
         // a (n x n) = q (n x hd, row stride 3d) @ k^T (hd x n: row stride 1, column stride 3d)
         // SAFETY: `a` holds n x n elements and is this thread's own.
         unsafe { gemm_single(a.as_mut_ptr(), (n, n, hd), q, (row, 1), k, (1, row), n) };
-        for r in a.chunks_mut(n) {
-            let max = r
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));
-            for v in r.iter_mut() {
-                *v = exp_f32(*v * self.scale - max);
+        simd(|| {
+            for r in a.chunks_mut(n) {
+                softmax_row(r, self.scale);
             }
-            let inv = 1.0 / r.iter().sum::<f32>();
-            for v in r.iter_mut() {
-                *v *= inv;
-            }
-        }
+        });
     }
 }
 
 /// `dst (m x n, row stride dst_rs) = lhs @ rhs` on the calling thread.
 ///
 /// # Safety
-/// `dst` is valid for writes at `r * dst_rs + c` for every r < m, c < n, and no other thread
-/// reads or writes those elements meanwhile; the strides describe matrices inside `lhs`, `rhs`.
-#[allow(clippy::too_many_arguments)]
+/// As [`gemm_strided`].
 unsafe fn gemm_single(
     dst: *mut f32,
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
     dst_rs: usize,
 ) {
-    debug_assert!((m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
-    debug_assert!((k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
-    // SAFETY: upheld by the caller, as stated above.
+    // SAFETY: upheld by the caller.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        gemm_strided(
             dst,
-            1,
-            dst_rs as isize,
+            dst_rs,
             false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
+            dims,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
             gemm::Parallelism::None,
-        );
+        )
     }
 }
 
@@ -801,12 +828,11 @@ impl CustomOp2 for AttentionBwd {
                 unsafe { gemm_single(dv, (n, hd, n), a, (1, n), go, (d, 1), 3 * d) };
                 // da (n x n) = go @ v^T
                 unsafe { gemm_single(da.as_mut_ptr(), (n, n, hd), go, (d, 1), v, (1, 3 * d), n) };
-                for (dr, ar) in da.chunks_mut(n).zip(a.chunks(n)) {
-                    let dot: f32 = dr.iter().zip(ar.iter()).map(|(x, y)| x * y).sum();
-                    for (x, &y) in dr.iter_mut().zip(ar.iter()) {
-                        *x = self.scale * y * (*x - dot);
+                simd(|| {
+                    for (dr, ar) in da.chunks_mut(n).zip(a.chunks(n)) {
+                        softmax_row_grad(dr, ar, self.scale);
                     }
-                }
+                });
                 // dq = ds @ k ; dk = ds^T @ q
                 unsafe { gemm_single(dq, (n, hd, n), da, (n, 1), k, (3 * d, 1), 3 * d) };
                 unsafe { gemm_single(dk, (n, hd, n), da, (1, n), q, (3 * d, 1), 3 * d) };
