@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -122,6 +123,31 @@ pub struct ParamGroup {
     pub frozen: bool,
 }
 
+impl ParamGroup {
+    /// The float variables of `varmap`, sorted by name (a fixed order, so that sums over
+    /// parameters such as the gradient norm are reproducible).
+    pub fn vars_of(varmap: &VarMap) -> Vec<(String, Var)> {
+        let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(_, var)| var.dtype().is_float())
+            .map(|(k, var)| (k.clone(), var.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// One trainable group of every float variable of `varmap`, at the scheduled learning rate.
+    pub fn all(name: &str, varmap: &VarMap) -> ParamGroup {
+        ParamGroup {
+            name: name.to_owned(),
+            params: Self::vars_of(varmap),
+            lr_scale: 1.0,
+            frozen: false,
+        }
+    }
+}
+
 /// An optimiser over parameter groups, with state kept by parameter name.
 pub struct Optimizer {
     kind: OptimizerKind,
@@ -184,10 +210,13 @@ impl Optimizer {
                 let Some(grad) = grads.get(var.as_tensor()) else {
                     continue;
                 };
-                let mut g = if grad_scale != 1.0 {
-                    (grad * grad_scale)?
-                } else {
-                    grad.clone()
+                // Only the tensor-op paths need it (the fused Adam scales inside its one pass).
+                let scaled_grad = || -> Result<Tensor> {
+                    Ok(if grad_scale != 1.0 {
+                        (grad * grad_scale)?
+                    } else {
+                        grad.clone()
+                    })
                 };
                 let p = var.as_tensor();
                 let t = self.steps.entry(name.clone()).or_insert(0);
@@ -229,6 +258,7 @@ impl Optimizer {
                             self.v.insert(name.clone(), v);
                             continue;
                         }
+                        let mut g = scaled_grad()?;
                         let mut base = p.detach();
                         if weight_decay != 0.0 {
                             if decoupled {
@@ -259,6 +289,7 @@ impl Optimizer {
                         weight_decay,
                         ..
                     } => {
+                        let mut g = scaled_grad()?;
                         if weight_decay != 0.0 {
                             g = (g + (p.detach() * weight_decay)?)?;
                         }
