@@ -61,6 +61,31 @@ fn scalar(t: &Tensor) -> f32 {
     t.to_scalar::<f32>().expect("scalar")
 }
 
+/// Our scalar `loss` against the case's `loss`.
+fn check_loss(loss: &Tensor, case: &Value, atol: f32, rtol: f32, what: &str) {
+    let theirs = case["loss"].as_f64().expect("loss") as f32;
+    close(&[scalar(loss)], &[theirs], atol, rtol, what);
+}
+
+/// The gradient of `f` in `grads` against the case's `grad_features`.
+fn check_feature_grad(
+    grads: &candle_core::backprop::GradStore,
+    f: &Var,
+    case: &Value,
+    atol: f32,
+    rtol: f32,
+    what: &str,
+) {
+    let ours = vec(grads.get(f.as_tensor()).expect("grad"));
+    close(
+        &ours,
+        &vec(&tensor(case, "grad_features")),
+        atol,
+        rtol,
+        what,
+    );
+}
+
 fn labels(case: &Value) -> Vec<i64> {
     case["labels"]
         .as_array()
@@ -154,21 +179,9 @@ fn triplet_losses_match_oml_values_gradients_and_logs() {
         let out = TripletLossPlain(TripletLoss::new(margin(case), reduction(case)).expect("loss"))
             .forward(f.as_tensor())
             .expect("forward");
-        close(
-            &[scalar(&out.loss)],
-            &[case["loss"].as_f64().expect("loss") as f32],
-            1e-6,
-            1e-5,
-            "plain",
-        );
+        check_loss(&out.loss, case, 1e-6, 1e-5, "plain");
         let g = out.loss.backward().expect("backward");
-        close(
-            &vec(g.get(f.as_tensor()).expect("grad")),
-            &vec(&tensor(case, "grad_features")),
-            1e-6,
-            1e-5,
-            "plain grad",
-        );
+        check_feature_grad(&g, &f, case, 1e-6, 1e-5, "plain grad");
         checked += 1;
     }
     assert!(checked >= 11, "{checked}");
@@ -290,21 +303,9 @@ fn triplet_loss_with_every_miner_matches_oml() {
             // A random subset in OML and here: compare only the size through the logs' counts.
             continue;
         }
-        close(
-            &[scalar(&out.loss)],
-            &[case["loss"].as_f64().expect("loss") as f32],
-            1e-6,
-            2e-5,
-            name,
-        );
+        check_loss(&out.loss, case, 1e-6, 2e-5, name);
         let g = out.loss.backward().expect("backward");
-        close(
-            &vec(g.get(f.as_tensor()).expect("grad")),
-            &vec(&tensor(case, "grad_features")),
-            2e-6,
-            2e-5,
-            &format!("{name} grad"),
-        );
+        check_feature_grad(&g, &f, case, 2e-6, 2e-5, &format!("{name} grad"));
         check_logs(&out.logs, &case["logs"], name);
         checked += 1;
     }
@@ -527,13 +528,7 @@ fn label_smoothing_and_arcface_match_oml() {
             .expect("sum")
             .backward()
             .expect("backward");
-        close(
-            &vec(g.get(f.as_tensor()).expect("grad")),
-            &vec(&tensor(case, "grad_features")),
-            1e-4,
-            1e-4,
-            &format!("{name} features"),
-        );
+        check_feature_grad(&g, &f, case, 1e-4, 1e-4, &format!("{name} features"));
         close(
             &vec(g.get(arc.weight()).expect("grad")),
             &vec(&tensor(case, "grad_weight")),
@@ -599,13 +594,7 @@ fn surrogate_precision_matches_oml() {
             .expect("sum")
             .backward()
             .expect("backward");
-        close(
-            &vec(g.get(f.as_tensor()).expect("grad")),
-            &vec(&tensor(case, "grad_features")),
-            1e-4,
-            1e-3,
-            &format!("{name} grad"),
-        );
+        check_feature_grad(&g, &f, case, 1e-4, 1e-3, &format!("{name} grad"));
     }
 }
 
@@ -846,21 +835,9 @@ fn arcface_with_mlp_matches_oml_values_and_every_gradient() {
             &format!("{name} mlp"),
         );
         let out = loss.forward(f.as_tensor(), &labels(case)).expect("forward");
-        close(
-            &[scalar(&out.loss)],
-            &[case["loss"].as_f64().expect("loss") as f32],
-            1e-4,
-            1e-5,
-            name,
-        );
+        check_loss(&out.loss, case, 1e-4, 1e-5, name);
         let g = out.loss.backward().expect("backward");
-        close(
-            &vec(g.get(f.as_tensor()).expect("grad")),
-            &vec(&tensor(case, "grad_features")),
-            1e-4,
-            1e-4,
-            &format!("{name} features"),
-        );
+        check_feature_grad(&g, &f, case, 1e-4, 1e-4, &format!("{name} features"));
         let data = vm.data().lock().expect("lock");
         let grads = &case["grad_params"];
         for (param, v) in data.iter() {

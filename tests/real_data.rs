@@ -153,13 +153,6 @@ fn four_adamw_steps_on_dinov2_match_python_oml() {
             Some(&varmap),
         )
         .expect("weights");
-        let params: Vec<(String, candle_core::Var)> = varmap
-            .data()
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         let mut opt = Optimizer::new(
             OptimizerKind::Adamw {
                 lr,
@@ -167,12 +160,7 @@ fn four_adamw_steps_on_dinov2_match_python_oml() {
                 betas: (0.9, 0.999),
                 eps: 1e-8,
             },
-            vec![ParamGroup {
-                name: "backbone".into(),
-                params,
-                lr_scale: 1.0,
-                frozen: false,
-            }],
+            vec![ParamGroup::all("backbone", &varmap)],
         )
         .expect("optimiser");
         let loss = TripletLossWithMiner::new(

@@ -46,13 +46,6 @@ fn main() -> oml::Result<()> {
     // One training step of ViT-S/16.
     let vm = VarMap::new();
     let net = oml::models::init(&ModelSpec::new("vits16"), &vm, &dev)?;
-    let params: Vec<(String, candle_core::Var)> = vm
-        .data()
-        .lock()
-        .map_err(|_| oml::Error::Msg("lock".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let mut opt = Optimizer::new(
         OptimizerKind::Adamw {
             lr: 1e-5,
@@ -60,12 +53,7 @@ fn main() -> oml::Result<()> {
             betas: (0.9, 0.999),
             eps: 1e-8,
         },
-        vec![ParamGroup {
-            name: "backbone".into(),
-            params,
-            lr_scale: 1.0,
-            frozen: false,
-        }],
+        vec![ParamGroup::all("backbone", &vm)],
     )?;
     let loss = TripletLossWithMiner::new(
         None,

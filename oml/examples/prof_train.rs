@@ -21,13 +21,6 @@ fn main() -> oml::Result<()> {
     let arch = std::env::args().nth(2).unwrap_or_else(|| "vits14".into());
     let vm = VarMap::new();
     let net = oml::models::init(&ModelSpec::new(&arch), &vm, &dev)?;
-    let params: Vec<(String, candle_core::Var)> = vm
-        .data()
-        .lock()
-        .map_err(|_| oml::Error::Msg("lock".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let mut opt = Optimizer::new(
         OptimizerKind::Adamw {
             lr: 1e-5,
@@ -35,12 +28,7 @@ fn main() -> oml::Result<()> {
             betas: (0.9, 0.999),
             eps: 1e-8,
         },
-        vec![ParamGroup {
-            name: "b".into(),
-            params,
-            lr_scale: 1.0,
-            frozen: false,
-        }],
+        vec![ParamGroup::all("b", &vm)],
     )?;
     let loss = TripletLossWithMiner::new(
         Some(0.1),

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -265,17 +265,6 @@ pub struct Trainer {
     best: Option<(f64, usize)>,
 }
 
-fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
-    let data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
-    let mut v: Vec<(String, Var)> = data
-        .iter()
-        .filter(|(_, var)| var.dtype().is_float())
-        .map(|(k, var)| (k.clone(), var.clone()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 impl Trainer {
     /// A run: `model` with its variables in `backbone`, `criterion` with its own (ArcFace's
     /// centres; empty for triplet losses) in `criterion_vars`.
@@ -324,12 +313,12 @@ impl Trainer {
         }
         // An MLP head (`projection.*`) is not part of the backbone: it trains while the backbone
         // is frozen, as in OML.
-        let (head, body): (Vec<_>, Vec<_>) = sorted_vars(&backbone)
+        let (head, body): (Vec<_>, Vec<_>) = ParamGroup::vars_of(&backbone)
             .into_iter()
             .partition(|(k, _)| k.starts_with("projection."));
         if cfg.freeze_backbone_epochs > 0
             && head.is_empty()
-            && sorted_vars(&criterion_vars).is_empty()
+            && ParamGroup::vars_of(&criterion_vars).is_empty()
         {
             return Err(Error::param(
                 "freeze_backbone_epochs",
@@ -352,7 +341,7 @@ impl Trainer {
             },
             ParamGroup {
                 name: "criterion".into(),
-                params: sorted_vars(&criterion_vars),
+                params: ParamGroup::vars_of(&criterion_vars),
                 lr_scale: 1.0,
                 frozen: false,
             },
