@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use candle_nn::VarMap;
+use oml::Precision;
 use oml::data::{
     GlyphsConfig, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, SampleTable, Split,
     Transform,
@@ -66,6 +67,16 @@ fn tiny_vit(vm: &VarMap) -> ViTExtractor {
 }
 
 fn trainer(table: &Arc<SampleTable>, logs: Option<PathBuf>, lr: f64, epochs: usize) -> Trainer {
+    trainer_in(table, logs, lr, epochs, Precision::F32)
+}
+
+fn trainer_in(
+    table: &Arc<SampleTable>,
+    logs: Option<PathBuf>,
+    lr: f64,
+    epochs: usize,
+    precision: Precision,
+) -> Trainer {
     let vm = VarMap::new();
     let model = tiny_vit(&vm);
     let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
@@ -88,6 +99,7 @@ fn trainer(table: &Arc<SampleTable>, logs: Option<PathBuf>, lr: f64, epochs: usi
         clip_grad_norm: Some(10.0),
         log_every_steps: 1000,
         logs_dir: logs,
+        precision,
         ..FitConfig::default()
     };
     let loss = TripletLossWithMiner::new(
@@ -264,6 +276,7 @@ fn configs_are_checked_before_any_work_with_the_key_named() {
             format!("{base}model: {{ arch: resnet18, weights: random, colour: red }}\n"),
             "model",
         ),
+        (format!("{base}precision: int8\n"), "at `precision`"),
     ];
     for (yaml, expected) in cases {
         let e = JobConfig::from_yaml(&yaml, &[], Some(data.path()))
@@ -283,10 +296,86 @@ fn configs_are_checked_before_any_work_with_the_key_named() {
             "optimizer.lr=0.5".into(),
             "max_epochs=2".into(),
             "optimizer.name=sgd".into(),
+            "precision=bf16".into(),
         ],
         Some(data.path()),
     )
     .expect("overrides");
     assert_eq!(c.max_epochs, 2);
+    assert_eq!(c.fit_config().precision, Precision::Bf16);
     assert!((c.optimizer.lr() - 0.5).abs() < 1e-12);
+}
+
+fn steps(t: &Trainer) -> Vec<(f64, std::collections::BTreeMap<String, f64>)> {
+    t.history()
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step { loss, logs, .. } => Some((*loss, logs.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn mixed_precision_follows_f32_and_f16_skips_overflowed_steps_and_resumes_its_scale() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let run = |precision: Precision, logs: Option<PathBuf>, n: usize| {
+        let mut t = trainer_in(&table, logs, 1e-3, 2, precision);
+        t.set_budget(Some(n), None);
+        assert_eq!(t.fit().expect("fit").ending, Ending::StepBudget);
+        t
+    };
+    let f32_losses: Vec<f64> = steps(&run(Precision::F32, None, 4))
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    for precision in [Precision::Bf16, Precision::F16] {
+        let t = run(precision, None, 4);
+        let s = steps(&t);
+        for (i, ((loss, logs), want)) in s.iter().zip(&f32_losses).enumerate() {
+            assert!(
+                (loss - want).abs() <= 0.05 * want.abs().max(0.1),
+                "{precision:?} step {}: loss {loss} vs f32 {want}",
+                i + 1
+            );
+            assert_eq!(
+                logs.get("loss_scale").copied(),
+                (precision == Precision::F16).then_some(65536.0),
+                "{precision:?}: the loss scale is logged under f16 only"
+            );
+            assert!(!logs.contains_key("skipped"));
+        }
+    }
+
+    // An f16 run whose state is edited to a loss scale that overflows f16: the resumed step is
+    // skipped (weights unchanged), the scale halves and is saved.
+    let dir = data.path().join("f16");
+    drop(run(Precision::F16, Some(dir.clone()), 2));
+    let before = weights(&dir);
+    let state_path = dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    assert_eq!(state["grad_scaler"]["scale"], 65536.0);
+    assert_eq!(state["grad_scaler"]["good_steps"], 2);
+    state["grad_scaler"]["scale"] = serde_json::json!(1e30);
+    std::fs::write(&state_path, state.to_string()).expect("write state");
+    let mut t = trainer_in(&table, Some(dir.clone()), 1e-3, 2, Precision::F16);
+    t.resume(&dir).expect("resume");
+    t.set_budget(Some(3), None);
+    t.fit().expect("fit");
+    let s = steps(&t);
+    let (loss, logs) = s.last().expect("a step");
+    assert!(loss.is_finite());
+    assert_eq!(logs.get("loss_scale").map(|s| s / 1e30), Some(1.0));
+    assert_eq!(logs.get("skipped"), Some(&1.0), "{logs:?}");
+    assert_eq!(weights(&dir), before, "a skipped step leaves the weights");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    let scale = state["grad_scaler"]["scale"].as_f64().expect("scale");
+    assert!((scale / 5e29 - 1.0).abs() < 1e-12, "halved: {scale}");
+    assert_eq!(state["grad_scaler"]["good_steps"], 0);
+    assert_eq!(state["step"], 3);
 }

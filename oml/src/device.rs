@@ -1,8 +1,53 @@
-//! Choosing a compute device by name: `cpu`, `cuda` or `cuda:i`.
+//! Choosing a compute device by name (`cpu`, `cuda` or `cuda:i`) and the precision of training.
 
-use candle_core::Device;
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
+
+/// The arithmetic of the forward and backward passes when fine-tuning.
+///
+/// `bf16` and `f16` are mixed precision, as PyTorch's autocast: the variables (the weights the
+/// optimiser updates, its moments, the checkpoints) stay f32; each layer multiplies in the low
+/// precision with its weights cast on the fly; norms, softmax, the loss and the gradient norm run in
+/// f32. `f16` adds dynamic loss scaling ([`crate::train::optim::GradScaler`]). Meant for CUDA; the
+/// CPU runs them too (correct, not faster: it has no bf16 matrix kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bfloat16 mixed precision (f32's range: no loss scaling needed).
+    Bf16,
+    /// float16 mixed precision with dynamic loss scaling.
+    F16,
+}
+
+impl Precision {
+    /// The element type the layers compute in.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+
+    /// `f32`, `bf16` or `f16` (also `fp32`, `bf16-mixed`, `16-mixed` as Lightning spells them).
+    pub fn parse(name: &str) -> Result<Precision> {
+        match name.trim() {
+            "f32" | "fp32" | "32" | "32-true" => Ok(Precision::F32),
+            "bf16" | "bf16-mixed" => Ok(Precision::Bf16),
+            "f16" | "fp16" | "16" | "16-mixed" => Ok(Precision::F16),
+            other => Err(Error::UnknownName {
+                kind: "precision",
+                name: other.to_owned(),
+                known: vec!["f32".into(), "bf16".into(), "f16".into()],
+            }),
+        }
+    }
+}
 
 /// The device named `name`: `cpu`, `cuda` (GPU 0) or `cuda:i`.
 ///
@@ -43,6 +88,10 @@ mod tests {
     #[test]
     fn names() {
         assert!(device("cpu").is_ok());
+        assert_eq!(Precision::parse("bf16-mixed").ok(), Some(Precision::Bf16));
+        assert_eq!(Precision::parse("16").ok(), Some(Precision::F16));
+        let e = Precision::parse("int8").unwrap_err().to_string();
+        assert!(e.contains("int8") && e.contains("bf16"), "{e}");
         let e = device("tpu").unwrap_err().to_string();
         assert!(e.contains("tpu") && e.contains("cuda:<index>"), "{e}");
         #[cfg(not(feature = "cuda"))]

@@ -49,7 +49,7 @@ pub mod zoo;
 
 pub use candle_core as candle;
 pub use candle_nn;
-pub use device::device;
+pub use device::{Precision, device};
 pub use error::{Error, Result};
 
 /// The vocabulary types of a notebook session: `use oml::prelude::*;`.

@@ -204,6 +204,10 @@ pub struct JobConfig {
     /// `cpu`, `cuda`, `cuda:i`.
     #[serde(default = "cpu")]
     pub device: String,
+    /// `f32`, or mixed precision `bf16` / `f16` (meant for CUDA) for training, validation and
+    /// prediction.
+    #[serde(default)]
+    pub precision: crate::Precision,
     /// Folder the CSV's paths are relative to (default: the CSV's folder).
     #[serde(default)]
     pub dataset_root: Option<PathBuf>,
@@ -483,6 +487,7 @@ impl JobConfig {
             val_batch_size: self.batch_size,
             logs_dir: Some(self.logs_dir.clone()),
             cache_images: false,
+            precision: self.precision,
         }
     }
 
@@ -620,7 +625,7 @@ pub fn validate(cfg: &JobConfig, weights: Option<&Path>) -> Result<crate::metric
     let model = cfg.model(weights, None)?;
     let transform = Transform::preset(&cfg.transforms_val, cfg.image_size)?;
     let emb = crate::embed::embed(
-        model.as_ref(),
+        &crate::models::Autocast::new(model.as_ref(), cfg.precision.dtype()),
         Arc::new(val.clone()),
         transform,
         cfg.batch_size,
@@ -652,7 +657,8 @@ pub fn predict(cfg: &JobConfig, weights: Option<&Path>, out: Option<&Path>) -> R
     let model = cfg.model(weights, None)?;
     let transform = Transform::preset(&cfg.transforms_val, cfg.image_size)?;
     let source = Arc::new(crate::embed::TableImages(table.clone()));
-    let emb = crate::embed::embed(model.as_ref(), source, transform, cfg.batch_size, &device)?;
+    let net = crate::models::Autocast::new(model.as_ref(), cfg.precision.dtype());
+    let emb = crate::embed::embed(&net, source, transform, cfg.batch_size, &device)?;
     std::fs::create_dir_all(&cfg.logs_dir)
         .map_err(|e| Error::io("cannot create", &cfg.logs_dir, e))?;
     let path = out

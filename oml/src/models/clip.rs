@@ -7,7 +7,7 @@
 //! `transformer.resblocks.N.{ln_1, attn.in_proj_weight [3D, D], attn.in_proj_bias,
 //! attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_post`, `proj [D, out]`.
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -95,11 +95,11 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = oml_kernels::linear(&self.in_proj, &self.ln_1.forward(x)?)?;
+        let qkv = super::linear(&self.in_proj, &self.ln_1.forward(x)?)?;
         let a = super::self_attention(&qkv, self.heads, self.ln_1.trainable())?;
-        let x = (x + oml_kernels::linear(&self.out_proj, &a)?)?;
-        let h = quick_gelu(&oml_kernels::linear(&self.c_fc, &self.ln_2.forward(&x)?)?)?;
-        Ok((&x + oml_kernels::linear(&self.c_proj, &h)?)?)
+        let x = (x + super::linear(&self.out_proj, &a)?)?;
+        let h = quick_gelu(&super::linear(&self.c_fc, &self.ln_2.forward(&x)?)?)?;
+        Ok((&x + super::linear(&self.c_proj, &h)?)?)
     }
 }
 
@@ -166,23 +166,22 @@ impl ClipVisual {
             )));
         }
         let d = self.cfg.width;
-        let x = self
-            .conv1
-            .forward(images)?
+        let x = super::conv2d(&self.conv1, images)?
             .flatten_from(2)?
             .transpose(1, 2)?;
         let cls = self
             .class_embedding
             .reshape((1, 1, d))?
             .broadcast_as((b, 1, d))?;
-        let x = Tensor::cat(&[&cls.to_dtype(x.dtype())?, &x], 1)?
-            .broadcast_add(&self.positional_embedding.unsqueeze(0)?)?;
+        let pos = super::like(&self.positional_embedding, &x)?;
+        let x =
+            Tensor::cat(&[&super::like(&cls, &x)?, &x], 1)?.broadcast_add(&pos.unsqueeze(0)?)?;
         let mut x = self.ln_pre.forward(&x)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
         let cls = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
-        let out = cls.matmul(&self.proj)?;
+        let out = cls.matmul(&super::like(&self.proj, &cls)?)?;
         if self.cfg.normalise {
             return super::l2_normalise(&out);
         }

@@ -20,8 +20,8 @@ pub mod weights;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, VarMap};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv2d, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 pub use clip::{ClipConfig, ClipVisual};
@@ -143,7 +143,7 @@ impl Extractor for ExtractorWithMLP {
         }
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x)?;
+            x = linear(layer, &x)?;
             if i < last {
                 x = x.relu()?;
             }
@@ -435,6 +435,73 @@ pub fn init(spec: &ModelSpec, varmap: &VarMap, device: &Device) -> Result<Box<dy
     spec.build(vb)
 }
 
+/// Mixed precision, as PyTorch's autocast: a network whose input is cast to `dtype` (bf16, f16)
+/// and whose embeddings come back as f32.
+///
+/// The variables stay f32. Each layer casts its weights to the dtype of its input
+/// ([`like`], [`linear`], [`conv2d`]); the casts are differentiable, so the variables get f32
+/// gradients. Layer and batch norms, the attention's softmax and everything after the network (the
+/// loss) run in f32. With `dtype` f32 the network runs as it is.
+pub struct Autocast<'a> {
+    net: &'a dyn Extractor,
+    dtype: DType,
+}
+
+impl<'a> Autocast<'a> {
+    /// `net` computing in `dtype`.
+    pub fn new(net: &'a dyn Extractor, dtype: DType) -> Self {
+        Autocast { net, dtype }
+    }
+}
+
+impl Extractor for Autocast<'_> {
+    fn feat_dim(&self) -> usize {
+        self.net.feat_dim()
+    }
+
+    fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
+        if self.dtype == images.dtype() && self.dtype == DType::F32 {
+            return self.net.forward_t(images, train);
+        }
+        let out = self.net.forward_t(&images.to_dtype(self.dtype)?, train)?;
+        Ok(out.to_dtype(DType::F32)?)
+    }
+}
+
+/// `t` (a weight) in the dtype of `x` (the activations): a no-op when they agree, a
+/// differentiable cast under mixed precision.
+pub(crate) fn like(t: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if t.dtype() == x.dtype() {
+        return Ok(t.clone());
+    }
+    Ok(t.to_dtype(x.dtype())?)
+}
+
+/// A linear layer in the dtype of its input: the fused kernel (f32 on the CPU), candle's product
+/// elsewhere, the weights cast under mixed precision.
+pub(crate) fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    if layer.weight().dtype() == x.dtype() {
+        return Ok(oml_kernels::linear(layer, x)?);
+    }
+    let bias = layer.bias().map(|b| like(b, x)).transpose()?;
+    Ok(Linear::new(like(layer.weight(), x)?, bias).forward(x)?)
+}
+
+/// A convolution in the dtype of its input (the weights cast under mixed precision).
+pub(crate) fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    if conv.weight().dtype() == x.dtype() {
+        return Ok(conv.forward(x)?);
+    }
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        // candle's CPU convolution has no bf16 product: widen, as its matmul does.
+        return Ok(conv
+            .forward(&x.to_dtype(DType::F32)?)?
+            .to_dtype(x.dtype())?);
+    }
+    let bias = conv.bias().map(|b| like(b, x)).transpose()?;
+    Ok(Conv2d::new(like(conv.weight(), x)?, bias, *conv.config()).forward(x)?)
+}
+
 /// LayerNorm that trains. On the CPU (f32) a fused kernel with a backward pass
 /// ([`oml_kernels::layer_norm`]); elsewhere candle's fused kernel (without a backward pass) when the
 /// weights are constants and the composed formula (differentiable) when they are variables.
@@ -459,6 +526,11 @@ impl Norm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() != self.weight.dtype() {
+            // Mixed precision: normalised in f32, handed on in the input's dtype.
+            let y = self.forward(&x.to_dtype(self.weight.dtype())?)?;
+            return Ok(y.to_dtype(x.dtype())?);
+        }
         if oml_kernels::fused(x) {
             return Ok(oml_kernels::layer_norm(
                 x,
@@ -511,7 +583,13 @@ pub(crate) fn self_attention(qkv: &Tensor, heads: usize, train: bool) -> Result<
     let q = qkv.get(0)?.contiguous()?;
     let k = qkv.get(1)?.contiguous()?;
     let v = qkv.get(2)?.contiguous()?;
-    let att = softmax_last(&q.matmul(&k.t()?)?, scale, train)?;
+    let scores = q.matmul(&k.t()?)?;
+    let att = if scores.dtype() == DType::F32 {
+        softmax_last(&scores, scale, train)?
+    } else {
+        // Mixed precision: the softmax in f32, as autocast runs it.
+        softmax_last(&scores.to_dtype(DType::F32)?, scale, train)?.to_dtype(scores.dtype())?
+    };
     Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?)
 }
 

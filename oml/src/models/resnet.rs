@@ -6,7 +6,7 @@
 //! Weights in torchvision's (and timm's `*.tv_in1k`) names: `conv1`, `bn1`,
 //! `layerS.B.{conv1, bn1, conv2, bn2[, conv3, bn3], downsample.0, downsample.1}`, `fc`.
 
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -159,7 +159,13 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.bn.forward_t(&self.conv.forward(x)?, train)?)
+        let y = super::conv2d(&self.conv, x)?;
+        if y.dtype() == DType::F32 {
+            return Ok(self.bn.forward_t(&y, train)?);
+        }
+        // Mixed precision: batch norm in f32, as autocast runs it.
+        let y = self.bn.forward_t(&y.to_dtype(DType::F32)?, train)?;
+        Ok(y.to_dtype(x.dtype())?)
     }
 }
 
@@ -319,6 +325,8 @@ impl ResNetExtractor {
                 x = block.forward_t(&x, train)?;
             }
         }
+        // Pooling and the head in f32 (GeM's powers overflow f16).
+        let x = x.to_dtype(DType::F32)?;
         let pooled = match self.cfg.gem_p {
             None => x.mean((2, 3))?,
             Some(p) => x
@@ -329,8 +337,8 @@ impl ResNetExtractor {
         };
         let out = match &self.head {
             None => pooled,
-            Some(Head::Linear(fc)) => fc.forward(&pooled)?,
-            Some(Head::Projector(a, b)) => b.forward(&a.forward(&pooled)?.relu()?)?,
+            Some(Head::Linear(fc)) => super::linear(fc, &pooled)?,
+            Some(Head::Projector(a, b)) => super::linear(b, &super::linear(a, &pooled)?.relu()?)?,
         };
         if self.cfg.normalise {
             return super::l2_normalise(&out);

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -146,22 +146,22 @@ impl Block {
     }
 
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = oml_kernels::linear(&self.qkv, x)?;
+        let qkv = super::linear(&self.qkv, x)?;
         let out = super::self_attention(&qkv, self.heads, self.norm1.trainable())?;
-        Ok(oml_kernels::linear(&self.proj, &out)?)
+        super::linear(&self.proj, &out)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let scale = |t: Tensor, g: &Option<Tensor>| -> Result<Tensor> {
             Ok(match g {
-                Some(g) => t.broadcast_mul(g)?,
+                Some(g) => t.broadcast_mul(&super::like(g, &t)?)?,
                 None => t,
             })
         };
         let a = scale(self.attention(&self.norm1.forward(x)?)?, &self.ls1)?;
         let x = (x + a)?;
-        let h = oml_kernels::gelu_erf(&oml_kernels::linear(&self.fc1, &self.norm2.forward(&x)?)?)?;
-        let m = scale(oml_kernels::linear(&self.fc2, &h)?, &self.ls2)?;
+        let h = oml_kernels::gelu_erf(&super::linear(&self.fc1, &self.norm2.forward(&x)?)?)?;
+        let m = scale(super::linear(&self.fc2, &h)?, &self.ls2)?;
         Ok((x + m)?)
     }
 }
@@ -319,15 +319,17 @@ impl ViTExtractor {
                 images.dims()
             )));
         }
-        let x = self.patch.forward(images)?; // [B, D, gh, gw]
+        let x = super::conv2d(&self.patch, images)?; // [B, D, gh, gw]
         let (gh, gw) = (h / p, w / p);
         let x = x.flatten_from(2)?.transpose(1, 2)?; // [B, gh * gw, D]
-        let cls = self.cls.broadcast_as((b, 1, self.cfg.embed_dim))?;
-        let mut x =
-            Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embeddings(gh, gw)?)?;
+        let cls = super::like(&self.cls, &x)?.broadcast_as((b, 1, self.cfg.embed_dim))?;
+        let pos = super::like(&self.position_embeddings(gh, gw)?, &x)?;
+        let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&pos)?;
         if let Some(reg) = &self.registers {
             let (n, d) = (self.cfg.n_registers, self.cfg.embed_dim);
-            let reg = reg.broadcast_as((b, n, d))?.contiguous()?;
+            let reg = super::like(reg, &x)?
+                .broadcast_as((b, n, d))?
+                .contiguous()?;
             let patches = x.narrow(1, 1, gh * gw)?;
             x = Tensor::cat(&[&x.narrow(1, 0, 1)?, &reg, &patches], 1)?;
         }

@@ -22,14 +22,15 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-pub use optim::{Optimizer, OptimizerKind, ParamGroup, Schedule};
+pub use optim::{GradScaler, Optimizer, OptimizerKind, ParamGroup, Schedule};
 
 use crate::data::{
     ImageLabeledDataset, ImageLoader, ImageQueryGalleryLabeledDataset, LoaderConfig, Transform,
 };
+use crate::device::Precision;
 use crate::losses::Criterion;
 use crate::metrics::{Metrics, MetricsConfig};
-use crate::models::Extractor;
+use crate::models::{Autocast, Extractor};
 use crate::retrieval::{QueryGalleryInfo, SearchConfig};
 use crate::samplers::{BalanceSampler, BatchSampler};
 use crate::{Error, Result};
@@ -91,6 +92,9 @@ pub struct FitConfig {
     /// memory grows with the dataset).
     #[serde(default)]
     pub cache_images: bool,
+    /// `f32`, or mixed precision `bf16` / `f16` (see [`Precision`]); validation runs in it too.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn one() -> f64 {
@@ -172,6 +176,7 @@ impl Default for FitConfig {
             val_batch_size: 32,
             logs_dir: None,
             cache_images: false,
+            precision: Precision::F32,
         }
     }
 }
@@ -263,6 +268,8 @@ pub struct Trainer {
     batch_in_epoch: usize,
     step: usize,
     best: Option<(f64, usize)>,
+    /// Loss scaling under f16 mixed precision.
+    scaler: Option<GradScaler>,
 }
 
 impl Trainer {
@@ -353,6 +360,7 @@ impl Trainer {
             ));
         }
         let optimizer = Optimizer::new(cfg.optimizer, groups)?;
+        let scaler = (cfg.precision == Precision::F16).then(GradScaler::default);
         Ok(Trainer {
             model,
             backbone,
@@ -370,6 +378,7 @@ impl Trainer {
             batch_in_epoch: 0,
             step: 0,
             best: None,
+            scaler,
         })
     }
 
@@ -441,7 +450,7 @@ impl Trainer {
         };
         let source: Arc<dyn crate::data::ImageSource> = Arc::new(val.clone());
         let emb = crate::embed::embed(
-            self.model.as_ref(),
+            &Autocast::new(self.model.as_ref(), self.cfg.precision.dtype()),
             source,
             transform.clone(),
             self.cfg.val_batch_size,
@@ -535,7 +544,8 @@ impl Trainer {
                     .map(|&j| self.train.labels()[j] as i64)
                     .collect();
                 let x = b.images.to_device(&self.device)?;
-                let emb = self.model.forward_t(&x, !frozen)?;
+                let net = Autocast::new(self.model.as_ref(), self.cfg.precision.dtype());
+                let emb = net.forward_t(&x, !frozen)?;
                 let out = self.criterion.forward(&emb, &labels)?;
                 let loss = out
                     .loss
@@ -563,10 +573,35 @@ impl Trainer {
                         kept.unwrap_or_default()
                     )));
                 }
-                let grads = out.loss.backward()?;
-                let scale = match self.cfg.clip_grad_norm {
-                    Some(c) => {
-                        let n = self.optimizer.grad_norm(&grads)?;
+                let (grads, unscale) = match &self.scaler {
+                    Some(sc) => ((&out.loss * sc.scale)?.backward()?, 1.0 / sc.scale),
+                    None => (out.loss.backward()?, 1.0),
+                };
+                let norm = match (self.cfg.clip_grad_norm, &self.scaler) {
+                    (None, None) => None,
+                    _ => Some(self.optimizer.grad_norm(&grads)? * unscale),
+                };
+                let mut logs = out.logs.clone();
+                let apply = match self.scaler.as_mut() {
+                    Some(sc) => {
+                        logs.insert("loss_scale".into(), sc.scale);
+                        let ok = sc.update(norm.is_some_and(f64::is_finite));
+                        if !ok && sc.scale < 1.0 / GradScaler::INIT {
+                            return Err(Error::Msg(format!(
+                                "the gradients overflow f16 at every loss scale down to {:e} \
+                                 (step {}, epoch {}): train with precision bf16 or f32, or lower \
+                                 the learning rate",
+                                sc.scale,
+                                self.step + 1,
+                                self.epoch
+                            )));
+                        }
+                        ok
+                    }
+                    None => true,
+                };
+                let scale = match (self.cfg.clip_grad_norm, norm) {
+                    (Some(c), Some(n)) if apply => {
                         if !n.is_finite() {
                             return Err(Error::Msg(format!(
                                 "the gradient norm is {n} at step {} (epoch {}): lower the learning rate",
@@ -574,12 +609,17 @@ impl Trainer {
                                 self.epoch
                             )));
                         }
-                        if n > c { c / n } else { 1.0 }
+                        unscale * if n > c { c / n } else { 1.0 }
                     }
-                    None => 1.0,
+                    _ => unscale,
                 };
                 let lr = self.cfg.optimizer.lr() * self.cfg.scheduler.factor(self.step, total);
-                self.optimizer.step(&grads, lr, scale)?;
+                if apply {
+                    self.optimizer.step(&grads, lr, scale)?;
+                } else {
+                    // An overflowed f16 step: no update, the scale halved (PyTorch's GradScaler).
+                    logs.insert("skipped".into(), 1.0);
+                }
                 self.step += 1;
                 self.batch_in_epoch += 1;
                 images_since += batch;
@@ -588,7 +628,7 @@ impl Trainer {
                     step: self.step,
                     loss,
                     lr,
-                    logs: out.logs.clone(),
+                    logs: logs.clone(),
                     seconds: start.elapsed().as_secs_f64(),
                 })?;
                 let due = self.step.is_multiple_of(self.cfg.log_every_steps.max(1))
@@ -604,11 +644,8 @@ impl Trainer {
                     if let Some(budget) = self.cfg.max_seconds {
                         eta = eta.min((budget - start.elapsed().as_secs_f64()).max(0.0));
                     }
-                    let logs: Vec<String> = out
-                        .logs
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v:.3}"))
-                        .collect();
+                    let logs: Vec<String> =
+                        logs.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
                     println!(
                         "epoch {} step {}/{total}: loss {loss:.4}, lr {lr:.2e}, {}, {rate:.1} img/s, eta {eta:.0} s",
                         self.epoch,
@@ -708,6 +745,7 @@ impl Trainer {
             step: self.step,
             best: self.best,
             param_steps: steps,
+            grad_scaler: self.scaler,
             config: self.cfg.clone(),
         };
         let text = serde_json::to_string_pretty(&state).map_err(|e| Error::Msg(e.to_string()))?;
@@ -748,6 +786,9 @@ impl Trainer {
         self.batch_in_epoch = state.batch_in_epoch;
         self.step = state.step;
         self.best = state.best;
+        if self.scaler.is_some() {
+            self.scaler = Some(state.grad_scaler.unwrap_or_default());
+        }
         Ok(())
     }
 }
@@ -759,6 +800,9 @@ struct State {
     step: usize,
     best: Option<(f64, usize)>,
     param_steps: HashMap<String, u64>,
+    /// The f16 loss scale (absent in f32 / bf16 runs and in older state files).
+    #[serde(default)]
+    grad_scaler: Option<GradScaler>,
     config: FitConfig,
 }
 

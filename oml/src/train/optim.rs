@@ -352,6 +352,50 @@ impl Optimizer {
     }
 }
 
+/// Dynamic loss scaling for f16 mixed precision (PyTorch's `GradScaler` with its defaults): the
+/// loss is multiplied by `scale` before the backward pass so that small gradients survive f16;
+/// the gradients are divided by it before the update. A step whose gradients overflow (an
+/// infinite or NaN norm) is skipped and halves the scale; 2000 good steps in a row double it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GradScaler {
+    /// The current factor.
+    pub scale: f64,
+    /// Good steps since the scale last changed.
+    pub good_steps: u32,
+}
+
+impl Default for GradScaler {
+    fn default() -> Self {
+        GradScaler {
+            scale: Self::INIT,
+            good_steps: 0,
+        }
+    }
+}
+
+impl GradScaler {
+    /// The initial scale, 2^16.
+    pub const INIT: f64 = 65536.0;
+    /// Good steps before the scale doubles.
+    pub const GROWTH_INTERVAL: u32 = 2000;
+
+    /// Records whether the gradients (scaled by [`GradScaler::scale`]) were finite: returns
+    /// whether the optimiser may step, and updates the scale for the next step.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if !finite {
+            self.scale *= 0.5;
+            self.good_steps = 0;
+            return false;
+        }
+        self.good_steps += 1;
+        if self.good_steps >= Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.good_steps = 0;
+        }
+        true
+    }
+}
+
 /// Learning rate over steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
