@@ -55,6 +55,39 @@ fn sum_parts(parts: Vec<Vec<f32>>, n: usize) -> Vec<f32> {
     out
 }
 
+/// Defines `fn $name(args)` whose body is compiled twice: for AVX2 + FMA, taken when the CPU has
+/// them (detected at run time), and for baseline x86-64, where the element-wise loops vectorise
+/// only 4 wide. A named function with an always-inlined body, because a closure passed to a
+/// `#[target_feature]` function is compiled without the features when LLVM declines to inline it
+/// (measured: the GELU backward ran scalar). Same results either way: no FMA contraction happens
+/// without fast-math.
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn wide($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the features `wide` is compiled for were detected on this CPU.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Layer norm over the last dimension.
 
@@ -67,6 +100,19 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let mean = row.iter().sum::<f32>() / d;
     let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+simd_fn! {
+    /// Normalised rows `ys` of `xs` (rows of `w.len()`), scaled by `w` and shifted by `b`.
+    fn layer_norm_rows(ys: &mut [f32], xs: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let d = w.len();
+        for (yr, xr) in ys.chunks_mut(d).zip(xs.chunks(d)) {
+            let (mean, rstd) = row_stats(xr, eps);
+            for i in 0..d {
+                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+    }
 }
 
 impl CustomOp3 for LayerNorm {
@@ -90,14 +136,7 @@ impl CustomOp3 for LayerNorm {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
-            .for_each(|(ys, xs)| {
-                for (yr, xr) in ys.chunks_mut(d).zip(xs.chunks(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    for i in 0..d {
-                        yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-                    }
-                }
-            });
+            .for_each(|(ys, xs)| layer_norm_rows(ys, xs, w, b, self.eps));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -116,6 +155,38 @@ impl CustomOp3 for LayerNorm {
         let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
         let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+simd_fn! {
+    /// The input gradients `dxs` of rows `xs` with output gradients `gs`; adds each row's
+    /// `g * xhat` and `g` to `part` (`[dw, db]`); `xhat` is scratch of one row.
+    fn layer_norm_grad_rows(
+        dxs: &mut [f32],
+        part: &mut [f32],
+        xhat: &mut [f32],
+        xs: &[f32],
+        gs: &[f32],
+        w: &[f32],
+        eps: f32,
+    ) {
+        let d = w.len();
+        for ((dxr, xr), gr) in dxs.chunks_mut(d).zip(xs.chunks(d)).zip(gs.chunks(d)) {
+            let (mean, rstd) = row_stats(xr, eps);
+            let (mut m1, mut m2) = (0f32, 0f32);
+            for i in 0..d {
+                xhat[i] = (xr[i] - mean) * rstd;
+                let dxh = gr[i] * w[i];
+                m1 += dxh;
+                m2 += dxh * xhat[i];
+                part[i] += gr[i] * xhat[i];
+                part[d + i] += gr[i];
+            }
+            let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+            for i in 0..d {
+                dxr[i] = rstd * (gr[i] * w[i] - m1 - xhat[i] * m2);
+            }
+        }
     }
 }
 
@@ -152,22 +223,7 @@ impl CustomOp3 for LayerNormBwd {
             .map(|((dxs, xs), gs)| {
                 let mut part = vec![0f32; 2 * d];
                 let mut xhat = vec![0f32; d];
-                for ((dxr, xr), gr) in dxs.chunks_mut(d).zip(xs.chunks(d)).zip(gs.chunks(d)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    let (mut m1, mut m2) = (0f32, 0f32);
-                    for i in 0..d {
-                        xhat[i] = (xr[i] - mean) * rstd;
-                        let dxh = gr[i] * w[i];
-                        m1 += dxh;
-                        m2 += dxh * xhat[i];
-                        part[i] += gr[i] * xhat[i];
-                        part[d + i] += gr[i];
-                    }
-                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
-                    for i in 0..d {
-                        dxr[i] = rstd * (gr[i] * w[i] - m1 - xhat[i] * m2);
-                    }
-                }
+                layer_norm_grad_rows(dxs, &mut part, &mut xhat, xs, gs, w, self.eps);
                 part
             })
             .collect();
@@ -204,12 +260,8 @@ impl CustomOp1 for Softmax {
         y.par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
             .for_each(|(ys, xs)| {
-                simd(|| {
-                    for (yr, xr) in ys.chunks_mut(d).zip(xs.chunks(d)) {
-                        yr.copy_from_slice(xr);
-                        softmax_row(yr, self.scale);
-                    }
-                })
+                ys.copy_from_slice(xs);
+                softmax_rows(ys, d, self.scale);
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -232,6 +284,24 @@ fn softmax_row(r: &mut [f32], scale: f32) {
     let inv = 1.0 / r.iter().sum::<f32>();
     for v in r.iter_mut() {
         *v *= inv;
+    }
+}
+
+simd_fn! {
+    /// [`softmax_row`] of every row (of `d`) of `rows`, in place.
+    fn softmax_rows(rows: &mut [f32], d: usize, scale: f32) {
+        for r in rows.chunks_mut(d) {
+            softmax_row(r, scale);
+        }
+    }
+}
+
+simd_fn! {
+    /// [`softmax_row_grad`] of every row (of `d`) of `gs` with the softmax rows `ys`, in place.
+    fn softmax_grad_rows(gs: &mut [f32], ys: &[f32], d: usize, scale: f32) {
+        for (gr, yr) in gs.chunks_mut(d).zip(ys.chunks(d)) {
+            softmax_row_grad(gr, yr, scale);
+        }
     }
 }
 
@@ -270,10 +340,8 @@ impl CustomOp2 for SoftmaxBwd {
             .zip(y.par_chunks(d * ROWS_PER_TASK))
             .zip(g.par_chunks(d * ROWS_PER_TASK))
             .for_each(|((dxs, ys), gs)| {
-                for ((dr, yr), gr) in dxs.chunks_mut(d).zip(ys.chunks(d)).zip(gs.chunks(d)) {
-                    dr.copy_from_slice(gr);
-                    softmax_row_grad(dr, yr, self.scale);
-                }
+                dxs.copy_from_slice(gs);
+                softmax_grad_rows(dxs, ys, d, self.scale);
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -346,23 +414,22 @@ fn gelu_grad(v: f32) -> f32 {
     0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2)) + v * phi
 }
 
-/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the crate is built for baseline
-/// x86-64, where the element-wise loops above vectorise only 4 wide).
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the features `wide` is compiled for were detected on this CPU.
-            return unsafe { wide(f) };
+simd_fn! {
+    /// `ys = gelu(xs)`.
+    fn gelu_chunk(ys: &mut [f32], xs: &[f32]) {
+        for (o, &v) in ys.iter_mut().zip(xs) {
+            *o = gelu(v);
         }
     }
-    f()
+}
+
+simd_fn! {
+    /// `ds = gs * gelu'(xs)`.
+    fn gelu_grad_chunk(ds: &mut [f32], xs: &[f32], gs: &[f32]) {
+        for ((o, &v), &gv) in ds.iter_mut().zip(xs).zip(gs) {
+            *o = gv * gelu_grad(v);
+        }
+    }
 }
 
 impl CustomOp1 for Gelu {
@@ -375,13 +442,7 @@ impl CustomOp1 for Gelu {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(ELEMS_PER_TASK)
             .zip(x.par_chunks(ELEMS_PER_TASK))
-            .for_each(|(ys, xs)| {
-                simd(|| {
-                    for (o, &v) in ys.iter_mut().zip(xs) {
-                        *o = gelu(v);
-                    }
-                })
-            });
+            .for_each(|(ys, xs)| gelu_chunk(ys, xs));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -410,13 +471,7 @@ impl CustomOp2 for GeluBwd {
         dx.par_chunks_mut(ELEMS_PER_TASK)
             .zip(x.par_chunks(ELEMS_PER_TASK))
             .zip(g.par_chunks(ELEMS_PER_TASK))
-            .for_each(|((ds, xs), gs)| {
-                simd(|| {
-                    for ((o, &v), &gv) in ds.iter_mut().zip(xs).zip(gs) {
-                        *o = gv * gelu_grad(v);
-                    }
-                })
-            });
+            .for_each(|((ds, xs), gs)| gelu_grad_chunk(ds, xs, gs));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -523,33 +578,8 @@ impl CustomOp3 for Linear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let w = slice(s2, l2, self.name())?;
-        let b = slice(s3, l3, self.name())?;
-        let (n, k) = l2.shape().dims2()?;
-        let m = x.len() / k;
-        if m * k != x.len() || b.len() != n || last_dim(l1.shape(), self.name())? != k {
-            return Err(candle_core::Error::Msg(format!(
-                "{}: input {:?} does not fit weight {:?} and bias {:?}",
-                self.name(),
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            )));
-        }
-        let mut y = vec![0f32; m * n];
-        y.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
-            for r in rows.chunks_mut(n) {
-                r.copy_from_slice(b);
-            }
-        });
-        // w is n x k row-major, so w^T (k x n) has row stride 1 and column stride k.
-        matmul_into(&mut y, true, (m, n, k), x, (k, 1), w, (1, k));
-        let mut dims = l1.shape().dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        let (y, shape) = linear_fwd(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
@@ -560,13 +590,124 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearBwd)?;
-        let (n, k) = w.dims2()?;
-        let nx = x.elem_count();
-        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, nx, n * k)?.reshape((n, k))?;
-        let db = packed.narrow(0, nx + n * k, n)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        linear_bwd(x, w, grad)
+    }
+}
+
+/// `x @ w^T + b` (bias rows, then the product accumulated onto them) and the output's shape.
+fn linear_fwd(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> CResult<(Vec<f32>, Shape)> {
+    let x = slice(s1, l1, op)?;
+    let w = slice(s2, l2, op)?;
+    let b = slice(s3, l3, op)?;
+    let (n, k) = l2.shape().dims2()?;
+    let m = x.len() / k;
+    if m * k != x.len() || b.len() != n || last_dim(l1.shape(), op)? != k {
+        return Err(candle_core::Error::Msg(format!(
+            "{op}: input {:?} does not fit weight {:?} and bias {:?}",
+            l1.shape(),
+            l2.shape(),
+            l3.shape()
+        )));
+    }
+    let mut y = vec![0f32; m * n];
+    y.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
+        for r in rows.chunks_mut(n) {
+            r.copy_from_slice(b);
+        }
+    });
+    // w is n x k row-major, so w^T (k x n) has row stride 1 and column stride k.
+    matmul_into(&mut y, true, (m, n, k), x, (k, 1), w, (1, k));
+    let mut dims = l1.shape().dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Ok((y, Shape::from(dims)))
+}
+
+/// The gradients of `x`, `w` and `b` of `x @ w^T + b` from the output's gradient `g`.
+#[allow(clippy::type_complexity)]
+fn linear_bwd(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let packed = x.apply_op3_no_bwd(w, &g.contiguous()?, &LinearBwd)?;
+    let (n, k) = w.dims2()?;
+    let nx = x.elem_count();
+    let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+    let dw = packed.narrow(0, nx, n * k)?.reshape((n, k))?;
+    let db = packed.narrow(0, nx + n * k, n)?;
+    Ok((Some(dx), Some(dw), Some(db)))
+}
+
+/// `gelu(x @ w^T + b)` in one op: the GELU applied as the product's rows are done, and its
+/// backward folded into the linear one. The pre-activation, which the backward pass needs, is kept
+/// by the op itself (the graph keeps the op as long as it kept the separate linear's output), so
+/// the graph has one node where it had two: one gradient fewer to zero-fill and accumulate.
+struct LinearGelu {
+    pre: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl CustomOp3 for LinearGelu {
+    fn name(&self) -> &'static str {
+        "oml-linear-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (pre, shape) = linear_fwd(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
+        let mut y = vec![0f32; pre.len()];
+        y.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(pre.par_chunks(ELEMS_PER_TASK))
+            .for_each(|(ys, xs)| gelu_chunk(ys, xs));
+        let pre = Tensor::from_vec(pre, shape.clone(), &candle_core::Device::Cpu)?;
+        *self.pre.lock().unwrap_or_else(|p| p.into_inner()) = Some(pre);
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let pre = self
+            .pre
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: no forward pass", self.name())))?;
+        let dpre = pre.apply_op2_no_bwd(&grad.contiguous()?, &GeluBwd)?;
+        linear_bwd(x, w, &dpre)
+    }
+}
+
+/// `gelu_erf(x @ w^T + b)`: one fused, differentiable op on the CPU (see [`linear`]); the two
+/// ops elsewhere.
+pub fn linear_gelu(layer: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    match layer.bias() {
+        Some(b) if fused(x) && fused(layer.weight()) => x.contiguous()?.apply_op3(
+            &layer.weight().contiguous()?,
+            &b.contiguous()?,
+            LinearGelu {
+                pre: std::sync::Mutex::new(None),
+            },
+        ),
+        _ => gelu_erf(&linear(layer, x)?),
     }
 }
 
@@ -699,11 +840,7 @@ impl Attention {
         // a (n x n) = q (n x hd, row stride 3d) @ k^T (hd x n: row stride 1, column stride 3d)
         // SAFETY: `a` holds n x n elements and is this thread's own.
         unsafe { gemm_single(a.as_mut_ptr(), (n, n, hd), q, (row, 1), k, (1, row), n) };
-        simd(|| {
-            for r in a.chunks_mut(n) {
-                softmax_row(r, self.scale);
-            }
-        });
+        softmax_rows(a, n, self.scale);
     }
 }
 
@@ -828,11 +965,7 @@ impl CustomOp2 for AttentionBwd {
                 unsafe { gemm_single(dv, (n, hd, n), a, (1, n), go, (d, 1), 3 * d) };
                 // da (n x n) = go @ v^T
                 unsafe { gemm_single(da.as_mut_ptr(), (n, n, hd), go, (d, 1), v, (1, 3 * d), n) };
-                simd(|| {
-                    for (dr, ar) in da.chunks_mut(n).zip(a.chunks(n)) {
-                        softmax_row_grad(dr, ar, self.scale);
-                    }
-                });
+                softmax_grad_rows(da, a, n, self.scale);
                 // dq = ds @ k ; dk = ds^T @ q
                 unsafe { gemm_single(dq, (n, hd, n), da, (n, 1), k, (3 * d, 1), 3 * d) };
                 unsafe { gemm_single(dk, (n, hd, n), da, (1, n), q, (3 * d, 1), 3 * d) };
@@ -918,6 +1051,16 @@ pub fn adam_step(
         true => ((1.0 - h.lr * h.weight_decay) as f32, 0.0),
         false => (1.0, h.weight_decay as f32),
     };
+    let k = AdamConsts {
+        b1,
+        b2,
+        step_size,
+        bc2_sqrt,
+        eps,
+        gs,
+        shrink,
+        l2,
+    };
     with_cpu_slice(p, |ps| {
         with_cpu_slice(g, |gs_| {
             with_cpu_slice(m, |ms| {
@@ -930,17 +1073,7 @@ pub fn adam_step(
                             let r = c * ELEMS_PER_TASK..(c * ELEMS_PER_TASK + po.len());
                             let (pi, gi) = (&ps[r.clone()], &gs_[r.clone()]);
                             let (mi, vi) = (&ms[r.clone()], &vs[r]);
-                            simd(|| {
-                                for i in 0..po.len() {
-                                    let grad = gi[i] * gs + l2 * pi[i];
-                                    let mm = b1 * mi[i] + (1.0 - b1) * grad;
-                                    let vv = b2 * vi[i] + (1.0 - b2) * grad * grad;
-                                    let denom = vv.sqrt() / bc2_sqrt + eps;
-                                    po[i] = pi[i] * shrink - step_size * mm / denom;
-                                    mo[i] = mm;
-                                    vo[i] = vv;
-                                }
-                            })
+                            adam_chunk([po, mo, vo], [pi, gi, mi, vi], &k);
                         });
                     Ok(())
                 })
@@ -953,6 +1086,36 @@ pub fn adam_step(
         Tensor::from_vec(m2, p.shape(), dev)?,
         Tensor::from_vec(v2, p.shape(), dev)?,
     )))
+}
+
+/// The per-step constants of [`adam_chunk`].
+struct AdamConsts {
+    b1: f32,
+    b2: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    gs: f32,
+    shrink: f32,
+    l2: f32,
+}
+
+simd_fn! {
+    /// One Adam update of a chunk: new parameters, first and second moments from the old ones
+    /// and the gradient.
+    fn adam_chunk(out: [&mut [f32]; 3], inp: [&[f32]; 4], k: &AdamConsts) {
+        let [po, mo, vo] = out;
+        let [pi, gi, mi, vi] = inp;
+        for i in 0..po.len() {
+            let grad = gi[i] * k.gs + k.l2 * pi[i];
+            let mm = k.b1 * mi[i] + (1.0 - k.b1) * grad;
+            let vv = k.b2 * vi[i] + (1.0 - k.b2) * grad * grad;
+            let denom = vv.sqrt() / k.bc2_sqrt + k.eps;
+            po[i] = pi[i] * k.shrink - k.step_size * mm / denom;
+            mo[i] = mm;
+            vo[i] = vv;
+        }
+    }
 }
 
 /// The sum of squares of a contiguous f32 CPU tensor in f64 (gradient norms), or `None` for other
@@ -1029,18 +1192,19 @@ mod tests {
         let lb = Var::from_tensor(&Tensor::randn(0f32, 0.2, 80, &dev)?)?;
         let probe = Tensor::randn(0f32, 1.0, (2, 35, 80), &dev)?;
         let layer = candle_nn::Linear::new(lw.as_tensor().clone(), Some(lb.as_tensor().clone()));
-        let run = |fast: bool| -> CResult<(Tensor, Vec<Tensor>)> {
+        // 0: candle's composed ops; 1: our kernels; 2: ours with linear + GELU fused.
+        let run = |mode: u8| -> CResult<(Tensor, Vec<Tensor>)> {
+            let fast = mode > 0;
             let h = if fast {
                 layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-6)?
             } else {
                 composed_layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-6)?
             };
-            let h = if fast {
-                linear(&layer, &h)?
-            } else {
-                candle_core::Module::forward(&layer, &h)?
+            let h = match mode {
+                0 => candle_core::Module::forward(&layer, &h)?.gelu_erf()?,
+                1 => gelu_erf(&linear(&layer, &h)?)?,
+                _ => linear_gelu(&layer, &h)?,
             };
-            let h = if fast { gelu_erf(&h)? } else { h.gelu_erf()? };
             let h = if fast {
                 softmax_last(&h, 0.7)?
             } else {
@@ -1059,9 +1223,22 @@ mod tests {
                 .collect::<CResult<Vec<_>>>()?;
             Ok((h, gs))
         };
-        let (fast, fast_g) = run(true)?;
-        let (slow, slow_g) = run(false)?;
+        let (fast, fast_g) = run(1)?;
+        let (slow, slow_g) = run(0)?;
         close(&fast, &slow, 1e-6)?;
+        // Fusing changes no arithmetic: the same values and gradients, bit for bit.
+        let (fused, fused_g) = run(2)?;
+        let bits = |t: &Tensor| -> CResult<Vec<u32>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        };
+        assert_eq!(bits(&fused)?, bits(&fast)?);
+        for (a, b) in fused_g.iter().zip(&fast_g) {
+            assert_eq!(bits(a)?, bits(b)?);
+        }
         for (f, s) in fast_g.iter().zip(&slow_g) {
             let scale = s.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(scale > 0.0);

@@ -166,9 +166,7 @@ impl ClipVisual {
             )));
         }
         let d = self.cfg.width;
-        let x = super::conv2d(&self.conv1, images)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+        let x = super::patch_embed(&self.conv1, images, self.cfg.patch_size)?;
         let cls = self
             .class_embedding
             .reshape((1, 1, d))?

@@ -487,6 +487,14 @@ pub(crate) fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     Ok(Linear::new(like(layer.weight(), x)?, bias).forward(x)?)
 }
 
+/// `gelu_erf(linear(x))`: one fused op (f32 on the CPU), the two ops otherwise.
+pub(crate) fn linear_gelu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    if layer.weight().dtype() == x.dtype() {
+        return Ok(oml_kernels::linear_gelu(layer, x)?);
+    }
+    Ok(oml_kernels::gelu_erf(&linear(layer, x)?)?)
+}
+
 /// A convolution in the dtype of its input (the weights cast under mixed precision).
 pub(crate) fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
     if conv.weight().dtype() == x.dtype() {
@@ -500,6 +508,38 @@ pub(crate) fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
     }
     let bias = conv.bias().map(|b| like(b, x)).transpose()?;
     Ok(Conv2d::new(like(conv.weight(), x)?, bias, *conv.config()).forward(x)?)
+}
+
+/// A patch embedding, a convolution whose stride is its kernel (`p`, no padding), as one matrix
+/// product: images `[B, C, H, W]` to tokens `[B, gh * gw, D]` in raster order, the pixels past the
+/// last whole patch dropped (as the convolution drops them). The same sums as the convolution; its
+/// backward pass is a product too, where candle's convolution backward computes the weight's
+/// gradient as a direct convolution with the whole gradient map as kernel (slow).
+pub(crate) fn patch_embed(conv: &Conv2d, images: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, c, h, w) = images.dims4()?;
+    let cfg = conv.config();
+    let (d, wc, kh, kw) = conv.weight().dims4()?;
+    if cfg.stride != p
+        || cfg.padding != 0
+        || cfg.dilation != 1
+        || cfg.groups != 1
+        || wc != c
+        || kh != p
+        || kw != p
+    {
+        let x = conv2d(conv, images)?;
+        return Ok(x.flatten_from(2)?.transpose(1, 2)?);
+    }
+    let (gh, gw) = (h / p, w / p);
+    let patches = images
+        .narrow(2, 0, gh * p)?
+        .narrow(3, 0, gw * p)?
+        .reshape((b, c, gh, p, gw, p))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .contiguous()?
+        .reshape((b * gh * gw, c * p * p))?;
+    let layer = Linear::new(conv.weight().reshape((d, c * p * p))?, conv.bias().cloned());
+    Ok(linear(&layer, &patches)?.reshape((b, gh * gw, d))?)
 }
 
 /// LayerNorm that trains. On the CPU (f32) a fused kernel with a backward pass

@@ -160,7 +160,7 @@ impl Block {
         };
         let a = scale(self.attention(&self.norm1.forward(x)?)?, &self.ls1)?;
         let x = (x + a)?;
-        let h = oml_kernels::gelu_erf(&super::linear(&self.fc1, &self.norm2.forward(&x)?)?)?;
+        let h = super::linear_gelu(&self.fc1, &self.norm2.forward(&x)?)?;
         let m = scale(super::linear(&self.fc2, &h)?, &self.ls2)?;
         Ok((x + m)?)
     }
@@ -319,9 +319,8 @@ impl ViTExtractor {
                 images.dims()
             )));
         }
-        let x = super::conv2d(&self.patch, images)?; // [B, D, gh, gw]
         let (gh, gw) = (h / p, w / p);
-        let x = x.flatten_from(2)?.transpose(1, 2)?; // [B, gh * gw, D]
+        let x = super::patch_embed(&self.patch, images, p)?; // [B, gh * gw, D]
         let cls = super::like(&self.cls, &x)?.broadcast_as((b, 1, self.cfg.embed_dim))?;
         let pos = super::like(&self.position_embeddings(gh, gw)?, &x)?;
         let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&pos)?;
