@@ -777,6 +777,147 @@ pub fn linear(layer: &candle_nn::Linear, x: &Tensor) -> candle_core::Result<Tens
 }
 
 // ---------------------------------------------------------------------------------------------
+// Residual branch with a layer scale: x + a * gamma.
+
+/// `x + a * gamma` (`gamma` over the last dimension; DINOv2's LayerScale and the residual add).
+struct ResidualScale;
+
+impl CustomOp3 for ResidualScale {
+    fn name(&self) -> &'static str {
+        "oml-residual-scale"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let a = slice(s2, l2, self.name())?;
+        let gamma = slice(s3, l3, self.name())?;
+        let d = gamma.len();
+        if l1.shape() != l2.shape() || last_dim(l1.shape(), self.name())? != d {
+            return Err(candle_core::Error::Msg(format!(
+                "{}: {:?} + {:?} * {:?} do not fit",
+                self.name(),
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )));
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .zip(a.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|((ys, xs), as_)| residual_scale_rows(ys, xs, as_, gamma));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        a: &Tensor,
+        gamma: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let packed = a.apply_op3_no_bwd(gamma, &grad, &ResidualScaleBwd)?;
+        let n = a.elem_count();
+        let da = packed.narrow(0, 0, n)?.reshape(a.shape())?;
+        let dgamma = packed
+            .narrow(0, n, gamma.elem_count())?
+            .reshape(gamma.shape())?;
+        Ok((Some(grad), Some(da), Some(dgamma)))
+    }
+}
+
+simd_fn! {
+    /// `ys = xs + as_ * gamma` row by row.
+    fn residual_scale_rows(ys: &mut [f32], xs: &[f32], as_: &[f32], gamma: &[f32]) {
+        let d = gamma.len();
+        for ((yr, xr), ar) in ys.chunks_mut(d).zip(xs.chunks(d)).zip(as_.chunks(d)) {
+            for i in 0..d {
+                yr[i] = xr[i] + ar[i] * gamma[i];
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `das = gs * gamma` row by row; adds `gs * as_` to `part` (the gradient of `gamma`).
+    fn residual_scale_grad_rows(
+        das: &mut [f32],
+        part: &mut [f32],
+        as_: &[f32],
+        gs: &[f32],
+        gamma: &[f32],
+    ) {
+        let d = gamma.len();
+        for ((dr, ar), gr) in das.chunks_mut(d).zip(as_.chunks(d)).zip(gs.chunks(d)) {
+            for i in 0..d {
+                dr[i] = gr[i] * gamma[i];
+                part[i] += gr[i] * ar[i];
+            }
+        }
+    }
+}
+
+/// The backward pass of [`ResidualScale`] for `a` and `gamma`: `[da (all of a), dgamma (d)]` flat.
+struct ResidualScaleBwd;
+
+impl CustomOp3 for ResidualScaleBwd {
+    fn name(&self) -> &'static str {
+        "oml-residual-scale-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let a = slice(s1, l1, self.name())?;
+        let gamma = slice(s2, l2, self.name())?;
+        let g = slice(s3, l3, self.name())?;
+        let (n, d) = (a.len(), gamma.len());
+        let mut out = vec![0f32; n + d];
+        let (da, _) = out.split_at_mut(n);
+        let parts: Vec<Vec<f32>> = da
+            .par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(a.par_chunks(d * ROWS_PER_TASK))
+            .zip(g.par_chunks(d * ROWS_PER_TASK))
+            .map(|((das, as_), gs)| {
+                let mut part = vec![0f32; d];
+                residual_scale_grad_rows(das, &mut part, as_, gs, gamma);
+                part
+            })
+            .collect();
+        out[n..].copy_from_slice(&sum_parts(parts, d));
+        Ok((CpuStorage::F32(out), Shape::from(n + d)))
+    }
+}
+
+/// `x + a * gamma` (`gamma` broadcast over the last dimension): one differentiable op on the CPU
+/// (f32), where the tensor ops would add a node for the product and sum `dgamma` with a strided
+/// reduction; the tensor ops elsewhere.
+pub fn residual_scale(x: &Tensor, a: &Tensor, gamma: &Tensor) -> CResult<Tensor> {
+    if fused(x) && fused(a) && fused(gamma) && x.shape() == a.shape() && gamma.rank() == 1 {
+        return x
+            .contiguous()?
+            .apply_op3(&a.contiguous()?, &gamma.contiguous()?, ResidualScale);
+    }
+    x + a.broadcast_mul(gamma)?
+}
+
+// ---------------------------------------------------------------------------------------------
 // Multi-head self-attention from the fused q/k/v projection.
 
 /// A raw pointer that tasks writing disjoint parts of one buffer can share.
@@ -1375,6 +1516,44 @@ mod tests {
         let t = Tensor::new(&[3f32, 4.0], &dev)?;
         assert_eq!(sum_squares(&t)?, Some(25.0));
         assert_eq!(sum_squares(&t.to_dtype(DType::F64)?)?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn the_residual_with_layer_scale_matches_the_composed_ops() -> CResult<()> {
+        let dev = Device::Cpu;
+        // 70 rows of 24: two full tasks and a partial one.
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 35, 24), &dev)?)?;
+        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 35, 24), &dev)?)?;
+        let g = Var::from_tensor(&Tensor::randn(0f32, 0.5, 24, &dev)?)?;
+        let probe = Tensor::randn(0f32, 1.0, (2, 35, 24), &dev)?;
+        let run = |fast: bool| -> CResult<(Tensor, Vec<Tensor>)> {
+            let y = if fast {
+                residual_scale(x.as_tensor(), a.as_tensor(), g.as_tensor())?
+            } else {
+                (x.as_tensor() + a.as_tensor().broadcast_mul(g.as_tensor())?)?
+            };
+            let grads = (&y * &probe)?.sum_all()?.backward()?;
+            let gs = [&x, &a, &g]
+                .iter()
+                .map(|v| {
+                    grads
+                        .get(v.as_tensor())
+                        .cloned()
+                        .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))
+                })
+                .collect::<CResult<Vec<_>>>()?;
+            Ok((y, gs))
+        };
+        let (fast, fast_g) = run(true)?;
+        let (slow, slow_g) = run(false)?;
+        close(&fast, &slow, 1e-6)?;
+        for (f, s) in fast_g.iter().zip(&slow_g) {
+            close(f, s, 1e-4)?;
+        }
+        // A gamma that does not fit the last dimension is an error, not a panic.
+        let bad = Tensor::ones(5, DType::F32, &dev)?;
+        assert!(residual_scale(x.as_tensor(), a.as_tensor(), &bad).is_err());
         Ok(())
     }
 

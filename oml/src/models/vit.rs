@@ -152,17 +152,16 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let scale = |t: Tensor, g: &Option<Tensor>| -> Result<Tensor> {
+        // x + branch, the branch scaled by LayerScale's gamma when the model has one.
+        let residual = |x: &Tensor, branch: Tensor, g: &Option<Tensor>| -> Result<Tensor> {
             Ok(match g {
-                Some(g) => t.broadcast_mul(&super::like(g, &t)?)?,
-                None => t,
+                Some(g) => oml_kernels::residual_scale(x, &branch, &super::like(g, &branch)?)?,
+                None => (x + branch)?,
             })
         };
-        let a = scale(self.attention(&self.norm1.forward(x)?)?, &self.ls1)?;
-        let x = (x + a)?;
+        let x = residual(x, self.attention(&self.norm1.forward(x)?)?, &self.ls1)?;
         let h = super::linear_gelu(&self.fc1, &self.norm2.forward(&x)?)?;
-        let m = scale(super::linear(&self.fc2, &h)?, &self.ls2)?;
-        Ok((x + m)?)
+        residual(&x, super::linear(&self.fc2, &h)?, &self.ls2)
     }
 }
 
