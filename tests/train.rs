@@ -12,7 +12,10 @@ use oml::data::{
     GlyphsConfig, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, SampleTable, Split,
     Transform,
 };
-use oml::losses::{HardTripletsMiner, TripletLossWithMiner};
+use oml::losses::{
+    AllTripletsMiner, HardTripletsMiner, MinerWithBank, NHardTripletsMiner, NRange,
+    TripletLossWithMiner, TripletMiner, TripletMinerWithMemory,
+};
 use oml::models::{Family, ViTConfig, ViTExtractor};
 use oml::train::{Ending, FitConfig, OptimizerKind, Record, Schedule, Trainer};
 
@@ -77,6 +80,24 @@ fn trainer_in(
     epochs: usize,
     precision: Precision,
 ) -> Trainer {
+    trainer_with(
+        table,
+        logs,
+        lr,
+        epochs,
+        precision,
+        Box::new(HardTripletsMiner),
+    )
+}
+
+fn trainer_with(
+    table: &Arc<SampleTable>,
+    logs: Option<PathBuf>,
+    lr: f64,
+    epochs: usize,
+    precision: Precision,
+    miner: Box<dyn TripletMiner>,
+) -> Trainer {
     let vm = VarMap::new();
     let model = tiny_vit(&vm);
     let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
@@ -102,12 +123,7 @@ fn trainer_in(
         precision,
         ..FitConfig::default()
     };
-    let loss = TripletLossWithMiner::new(
-        Some(0.2),
-        Some(Box::new(HardTripletsMiner)),
-        Default::default(),
-    )
-    .expect("loss");
+    let loss = TripletLossWithMiner::new(Some(0.2), Some(miner), Default::default()).expect("loss");
     Trainer::new(
         Box::new(model),
         vm,
@@ -207,6 +223,78 @@ fn a_resumed_run_ends_with_the_same_weights_as_one_that_ran_through() {
         assert_eq!(ka, kb);
         assert_eq!(va, vb, "{ka} differs after resuming");
     }
+}
+
+/// Miners that keep state between batches (memory banks, a capped subset's counter): a resumed
+/// run restores it and ends as one that ran through.
+#[test]
+fn resuming_restores_the_miners_memory() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    type MakeMiner = fn() -> Box<dyn TripletMiner>;
+    let miners: [(&str, MakeMiner); 3] = [
+        ("bank", || {
+            Box::new(
+                MinerWithBank::new(
+                    2,
+                    NHardTripletsMiner {
+                        n_positive: NRange::First(1),
+                        n_negative: NRange::First(2),
+                    },
+                )
+                .expect("miner"),
+            )
+        }),
+        ("memory", || {
+            Box::new(TripletMinerWithMemory::new(2, 3, 5).expect("miner"))
+        }),
+        ("capped", || Box::new(AllTripletsMiner::new(Some(12), 5))),
+    ];
+    for (name, miner) in miners {
+        let straight = data.path().join(format!("{name}_straight"));
+        let run = |logs: &Path| {
+            trainer_with(
+                &table,
+                Some(logs.to_path_buf()),
+                1e-3,
+                2,
+                Precision::F32,
+                miner(),
+            )
+        };
+        run(&straight).fit().expect("fit");
+        let resumed = data.path().join(format!("{name}_resumed"));
+        let mut first = run(&resumed);
+        first.set_budget(Some(5), None);
+        assert_eq!(first.fit().expect("first part").ending, Ending::StepBudget);
+        drop(first);
+        let mut second = run(&resumed);
+        second.resume(&resumed).expect("resume");
+        second.fit().expect("second part");
+        let (a, b) = (weights(&straight), weights(&resumed));
+        assert_eq!(a.len(), b.len());
+        for ((ka, va), (_, vb)) in a.iter().zip(&b) {
+            assert_eq!(va, vb, "{name}: {ka} differs after resuming");
+        }
+    }
+    // A bank saved with another size is refused by name, not written out of range.
+    let other = Box::new(
+        MinerWithBank::new(
+            3,
+            NHardTripletsMiner {
+                n_positive: NRange::First(1),
+                n_negative: NRange::First(2),
+            },
+        )
+        .expect("miner"),
+    );
+    let dir = data.path().join("bank_resumed");
+    let mut t = trainer_with(&table, Some(dir.clone()), 1e-3, 2, Precision::F32, other);
+    let e = t.resume(&dir).expect_err("another bank size").to_string();
+    assert!(
+        e.contains("MinerWithBank") && e.contains("does not fit"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{check_triplet_labels, pairwise_dist};
+use super::{LossState, check_triplet_labels, pairwise_dist};
 use crate::{Error, Result};
 
 /// Triplets as batch indices.
@@ -84,6 +84,16 @@ pub struct Sampled {
 pub trait TripletMiner: Send + Sync {
     /// Triplets of `features` `[B, D]` with `labels`.
     fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled>;
+
+    /// What the miner keeps between batches (none for the stateless miners).
+    fn state(&self) -> Result<LossState> {
+        Ok(LossState::default())
+    }
+
+    /// Restores what [`TripletMiner::state`] returned.
+    fn load_state(&self, _state: &LossState) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A miner that only needs the distance matrix.
@@ -188,6 +198,19 @@ impl IndexMiner for AllTripletsMiner {
 impl TripletMiner for AllTripletsMiner {
     fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
         sample_with(self, features, labels)
+    }
+
+    /// The number of capped batches so far (each draws its subset from the seed and that count).
+    fn state(&self) -> Result<LossState> {
+        Ok(LossState {
+            values: serde_json::json!({ "calls": self.calls.load(Ordering::Relaxed) }),
+            ..LossState::default()
+        })
+    }
+
+    fn load_state(&self, state: &LossState) -> Result<()> {
+        self.calls.store(state.value("calls")?, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -495,6 +518,73 @@ impl TripletMiner for MinerWithBank {
             logs,
         })
     }
+
+    /// The bank: its features, labels, write position and whether it is full.
+    fn state(&self) -> Result<LossState> {
+        let bank = self.bank.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = LossState {
+            values: serde_json::json!({
+                "labels": bank.labels,
+                "ptr": bank.ptr,
+                "accumulated": bank.accumulated,
+                "batch_size": bank.batch_size,
+            }),
+            ..LossState::default()
+        };
+        if let Some(f) = &bank.features {
+            state.tensors.insert("bank".into(), f.clone());
+        }
+        Ok(state)
+    }
+
+    fn load_state(&self, state: &LossState) -> Result<()> {
+        let restored = Bank {
+            features: state.tensors.get("bank").cloned(),
+            labels: state.value("labels")?,
+            ptr: state.value("ptr")?,
+            accumulated: state.value("accumulated")?,
+            batch_size: state.value("batch_size")?,
+        };
+        check_bank(
+            "MinerWithBank",
+            self.bank_size_in_batches,
+            restored.batch_size,
+            &restored.labels,
+            restored.ptr,
+            restored.features.as_ref(),
+        )?;
+        *self.bank.lock().unwrap_or_else(|p| p.into_inner()) = restored;
+        Ok(())
+    }
+}
+
+/// Checks a restored bank against this miner's size: a state saved with another bank size or
+/// batch size is refused (instead of an out-of-range write at the next batch).
+fn check_bank(
+    miner: &str,
+    batches: usize,
+    batch_size: usize,
+    labels: &[i64],
+    ptr: usize,
+    features: Option<&Tensor>,
+) -> Result<()> {
+    if batch_size == 0 && features.is_none() {
+        return Ok(()); // saved before the first batch
+    }
+    let size = batch_size * batches;
+    let rows = match features {
+        Some(f) => f.dims2()?.0,
+        None => 0,
+    };
+    if labels.len() != size || ptr >= size.max(1) || rows != size {
+        return Err(Error::Msg(format!(
+            "{miner}: the saved bank ({} labels, {rows} rows, position {ptr}) does not fit \
+             {batches} batches of {batch_size}; resume with the loss and batch settings of the \
+             original run",
+            labels.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Per anchor, distinct positives and negatives from the bank (index >= bs) or the batch,
@@ -586,6 +676,55 @@ impl TripletMinerWithMemory {
 }
 
 impl TripletMiner for TripletMinerWithMemory {
+    /// The bank (features, labels, write position) and the generator's seed, stream and position.
+    fn state(&self) -> Result<LossState> {
+        let mem = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = LossState {
+            values: serde_json::json!({
+                "labels": mem.labels,
+                "ptr": mem.ptr,
+                "batch_size": mem.batch_size,
+                "rng_seed": mem.rng.get_seed(),
+                "rng_stream": mem.rng.get_stream(),
+                // A u128: as a string, which JSON numbers cannot hold exactly.
+                "rng_word_pos": mem.rng.get_word_pos().to_string(),
+            }),
+            ..LossState::default()
+        };
+        if let Some(f) = &mem.features {
+            state.tensors.insert("bank".into(), f.clone());
+        }
+        Ok(state)
+    }
+
+    fn load_state(&self, state: &LossState) -> Result<()> {
+        let seed: [u8; 32] = state.value("rng_seed")?;
+        let pos: String = state.value("rng_word_pos")?;
+        let pos: u128 = pos
+            .parse()
+            .map_err(|e| Error::Msg(format!("loss state: `rng_word_pos` {pos:?}: {e}")))?;
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        rng.set_stream(state.value("rng_stream")?);
+        rng.set_word_pos(pos);
+        let restored = Memory {
+            features: state.tensors.get("bank").cloned(),
+            labels: state.value("labels")?,
+            ptr: state.value("ptr")?,
+            batch_size: state.value("batch_size")?,
+            rng,
+        };
+        check_bank(
+            "TripletMinerWithMemory",
+            self.bank_size_in_batches,
+            restored.batch_size,
+            &restored.labels,
+            restored.ptr,
+            restored.features.as_ref(),
+        )?;
+        *self.memory.lock().unwrap_or_else(|p| p.into_inner()) = restored;
+        Ok(())
+    }
+
     fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
         let mut mem = self.memory.lock().unwrap_or_else(|p| p.into_inner());
         let (bs, d) = features.dims2()?;

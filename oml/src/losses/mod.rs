@@ -83,10 +83,49 @@ pub struct LossOutput {
     pub logs: BTreeMap<String, f64>,
 }
 
+/// What a loss or a miner keeps between batches (memory banks, counters, generator positions,
+/// accumulated logs), saved with a trainer's state so that a resumed run goes on exactly as an
+/// uninterrupted one.
+#[derive(Debug, Clone, Default)]
+pub struct LossState {
+    /// Tensors by name (bank features).
+    pub tensors: std::collections::HashMap<String, Tensor>,
+    /// Everything else, as JSON (`null` when there is nothing).
+    pub values: serde_json::Value,
+}
+
+impl LossState {
+    /// Whether there is nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty() && self.values.is_null()
+    }
+
+    /// The value `key` of [`LossState::values`] as `T`, or an error naming it.
+    pub(crate) fn value<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T> {
+        let v = self
+            .values
+            .get(key)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(v)
+            .map_err(|e| Error::Msg(format!("loss state: `{key}` is missing or malformed: {e}")))
+    }
+}
+
 /// A loss on a batch of embeddings and their labels (what the trainer calls).
 pub trait Criterion: Send + Sync {
     /// The loss of `features` `[B, D]` with `labels` (one per row).
     fn forward(&self, features: &Tensor, labels: &[i64]) -> Result<LossOutput>;
+
+    /// What the loss keeps between batches besides its parameters (none by default).
+    fn state(&self) -> Result<LossState> {
+        Ok(LossState::default())
+    }
+
+    /// Restores what [`Criterion::state`] returned.
+    fn load_state(&self, _state: &LossState) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Euclidean distances `[N]` between rows of `a` and `b` (`[N, D]`), with a zero gradient where a

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use candle_core::Tensor;
 
+use super::LossState;
 use super::miners::{AllTripletsMiner, TripletMiner};
 use super::{Criterion, LossOutput, Reduction, elementwise_dist, mean_f64, reduce};
 use crate::{Error, Result};
@@ -122,5 +123,23 @@ impl Criterion for TripletLossWithMiner {
         logs.extend(sampled.logs);
         out.logs = logs.clone();
         Ok(out)
+    }
+
+    /// The miner's state and the accumulated logs.
+    fn state(&self) -> Result<LossState> {
+        let mut state = self.miner.state()?;
+        let logs = self.last_logs.lock().unwrap_or_else(|p| p.into_inner());
+        state.values = serde_json::json!({ "miner": state.values, "logs": *logs });
+        Ok(state)
+    }
+
+    fn load_state(&self, state: &LossState) -> Result<()> {
+        let miner = LossState {
+            tensors: state.tensors.clone(),
+            values: state.values.get("miner").cloned().unwrap_or_default(),
+        };
+        self.miner.load_state(&miner)?;
+        *self.last_logs.lock().unwrap_or_else(|p| p.into_inner()) = state.value("logs")?;
+        Ok(())
     }
 }

@@ -729,8 +729,9 @@ impl Trainer {
             .map_err(|e| Error::Msg(format!("cannot write {}: {e}", path.display())))
     }
 
-    /// Writes `last.safetensors` (model), `criterion.safetensors`, `optimizer.safetensors` and
-    /// `state.json` (position, best, step counts, the config) into `dir`.
+    /// Writes `last.safetensors` (model), `criterion.safetensors`, `optimizer.safetensors`,
+    /// `criterion_state.safetensors` (a miner's memory bank, when it has one) and `state.json`
+    /// (position, best, step counts, the loss's state, the config) into `dir`.
     pub fn save_state(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
         self.save_weights(&dir.join("last.safetensors"))?;
@@ -739,6 +740,14 @@ impl Trainer {
             .map_err(|e| Error::Msg(format!("cannot write the criterion: {e}")))?;
         let (moments, steps) = self.optimizer.state();
         candle_core::safetensors::save(&moments, dir.join("optimizer.safetensors"))?;
+        // What the loss keeps between batches (a miner's memory bank), for an exact resume.
+        let loss_state = self.criterion.state()?;
+        let bank_path = dir.join("criterion_state.safetensors");
+        if loss_state.tensors.is_empty() {
+            let _ = std::fs::remove_file(&bank_path);
+        } else {
+            candle_core::safetensors::save(&loss_state.tensors, &bank_path)?;
+        }
         let state = State {
             epoch: self.epoch,
             batch_in_epoch: self.batch_in_epoch,
@@ -746,6 +755,7 @@ impl Trainer {
             best: self.best,
             param_steps: steps,
             grad_scaler: self.scaler,
+            criterion_state: loss_state.values,
             config: self.cfg.clone(),
         };
         let text = serde_json::to_string_pretty(&state).map_err(|e| Error::Msg(e.to_string()))?;
@@ -789,6 +799,24 @@ impl Trainer {
         if self.scaler.is_some() {
             self.scaler = Some(state.grad_scaler.unwrap_or_default());
         }
+        let bank_path = dir.join("criterion_state.safetensors");
+        let loss_state = crate::losses::LossState {
+            tensors: if bank_path.is_file() {
+                candle_core::safetensors::load(&bank_path, &self.device)?
+            } else {
+                HashMap::new()
+            },
+            values: state.criterion_state,
+        };
+        // Absent in state files written before losses had a state: nothing to restore.
+        if !loss_state.is_empty() {
+            self.criterion
+                .load_state(&loss_state)
+                .map_err(|e| Error::Format {
+                    path: state_path.clone(),
+                    message: e.to_string(),
+                })?;
+        }
         Ok(())
     }
 }
@@ -803,6 +831,10 @@ struct State {
     /// The f16 loss scale (absent in f32 / bf16 runs and in older state files).
     #[serde(default)]
     grad_scaler: Option<GradScaler>,
+    /// The loss's state besides tensors (a miner's bank labels and position, counters, logs);
+    /// its tensors are in `criterion_state.safetensors`.
+    #[serde(default)]
+    criterion_state: serde_json::Value,
     config: FitConfig,
 }
 
