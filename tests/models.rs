@@ -864,3 +864,60 @@ fn mixed_precision_runs_every_family_close_to_f32_with_f32_gradients() {
         }
     }
 }
+
+/// A head on a backbone file: fine-tuning starts a fresh head on the file's backbone (OML's
+/// `ExtractorWithMLP` on a pretrained extractor); our checkpoint of both loads back as it was; for
+/// inference, a file without a head is an error that says so.
+#[test]
+fn an_mlp_head_on_a_backbone_file_starts_fresh_and_our_checkpoints_load_back() {
+    use candle_nn::VarMap;
+    use oml::models::ModelSpec;
+    let dir = tempfile::tempdir().expect("tmp");
+    let plain = dir.path().join("resnet18.safetensors");
+    let vm = VarMap::new();
+    oml::models::init(&ModelSpec::new("resnet18"), &vm, &Device::Cpu).expect("init");
+    vm.save(&plain).expect("save");
+    let spec = ModelSpec {
+        mlp: vec![24, 16],
+        ..ModelSpec::new("resnet18")
+    };
+    let tuned = VarMap::new();
+    let net = oml::models::load(&spec, &plain, &Device::Cpu, Some(&tuned)).expect("fresh head");
+    assert_eq!(net.feat_dim(), 16);
+    let vars = tuned.data().lock().expect("lock").clone();
+    for k in [
+        "projection.0.weight",
+        "projection.0.bias",
+        "projection.3.weight",
+        "conv1.weight",
+    ] {
+        assert!(vars.contains_key(k), "{k} is trained");
+    }
+    let file = vm.data().lock().expect("lock")["conv1.weight"]
+        .as_tensor()
+        .clone();
+    assert_eq!(
+        rows(vars["conv1.weight"].as_tensor()),
+        rows(&file),
+        "the backbone comes from the file"
+    );
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).expect("x");
+    let out = net.forward_t(&x, false).expect("forward");
+    assert_eq!(out.dims(), &[2, 16]);
+
+    // Our checkpoint (backbone at the root, head under projection.) loads back, for inference.
+    let ckpt = dir.path().join("tuned.safetensors");
+    tuned.save(&ckpt).expect("save");
+    let back = oml::models::load(&spec, &ckpt, &Device::Cpu, None).expect("reload");
+    let (cos, diff) = compare(&rows(&back.forward(&x).expect("forward")), &rows(&out), 16);
+    assert!(cos > 0.999999 && diff < 1e-5, "{cos} {diff}");
+
+    let e = oml::models::load(&spec, &plain, &Device::Cpu, None)
+        .err()
+        .expect("no head for inference")
+        .to_string();
+    assert!(
+        e.contains("no MLP head") && e.contains("resnet18.safetensors"),
+        "{e}"
+    );
+}

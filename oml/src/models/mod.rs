@@ -363,6 +363,47 @@ pub fn load(
     let family = spec.check()?;
     let raw = weights::read_state_dict(path, device)?;
     let tensors = prepare(spec, family, raw)?;
+    if !spec.mlp.is_empty() && !tensors.keys().any(|k| k.starts_with("projection.")) {
+        // A backbone file (a zoo model, a plain checkpoint) and a head asked for.
+        let Some(vm) = varmap else {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                message: format!(
+                    "no MLP head (projection.*) for mlp {:?}: fine-tune one first (oml train \
+                     starts a fresh head on this backbone), or leave mlp out",
+                    spec.mlp
+                ),
+            });
+        };
+        // OML's ExtractorWithMLP on a pretrained extractor: the backbone from the file, a
+        // freshly initialised head.
+        let plain = ModelSpec {
+            mlp: Vec::new(),
+            normalise: false,
+            ..spec.clone()
+        };
+        let what = format!("{} network", spec.arch);
+        let backbone = weights::build_checked(
+            tensors,
+            device,
+            Some(vm),
+            &|k| family.ignorable(k),
+            &what,
+            path,
+            |vb| plain.build(vb),
+        )?;
+        let vb = VarBuilder::from_varmap(vm, DType::F32, device);
+        let head = ExtractorWithMLP::new(
+            backbone,
+            &spec.mlp,
+            spec.train_backbone,
+            vb.pp("projection"),
+        )?;
+        if spec.normalise {
+            return Ok(Box::new(Normalised(head)));
+        }
+        return Ok(Box::new(head));
+    }
     let what = format!("{} network", spec.arch);
     weights::build_checked(
         tensors,
@@ -408,6 +449,11 @@ fn prepare(
     raw.retain(|k, _| !k.starts_with("criterion."));
     let (backbone, head) = if spec.mlp.is_empty() {
         (raw, weights::StateDict::new())
+    } else if !raw.keys().any(|k| k.contains("extractor.")) {
+        // Our own checkpoints (the backbone's keys at the root, the head under `projection.`),
+        // or a backbone alone.
+        raw.into_iter()
+            .partition(|(k, _)| !k.starts_with("projection."))
     } else {
         weights::strip_prefix_before(&mut raw, "extractor.");
         let inner = format!("extractor.{}.", family.oml_attribute());
