@@ -615,6 +615,8 @@ impl Trainer {
                 };
                 let lr = self.cfg.optimizer.lr() * self.cfg.scheduler.factor(self.step, total);
                 if apply {
+                    let momentum = self.cfg.scheduler.momentum(self.step, total);
+                    self.optimizer.set_momentum(momentum);
                     self.optimizer.step(&grads, lr, scale)?;
                 } else {
                     // An overflowed f16 step: no update, the scale halved (PyTorch's GradScaler).

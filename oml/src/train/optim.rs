@@ -159,6 +159,8 @@ pub struct Optimizer {
     v: HashMap<String, Tensor>,
     /// Updates applied per parameter (Adam's bias correction counts per parameter, as torch).
     steps: HashMap<String, u64>,
+    /// The momentum a schedule sets (Adam's beta1, SGD's momentum) instead of the configured one.
+    momentum: Option<f64>,
 }
 
 impl Optimizer {
@@ -171,7 +173,14 @@ impl Optimizer {
             m: HashMap::new(),
             v: HashMap::new(),
             steps: HashMap::new(),
+            momentum: None,
         })
+    }
+
+    /// Sets the momentum of the next steps (Adam's beta1, SGD's momentum), as torch's one-cycle
+    /// schedule writes it into the parameter groups; `None` goes back to the configured one.
+    pub fn set_momentum(&mut self, momentum: Option<f64>) {
+        self.momentum = momentum;
     }
 
     /// The update rule.
@@ -203,7 +212,51 @@ impl Optimizer {
     /// One update with learning rate `lr` (times each group's scale); gradients are scaled by
     /// `grad_scale` first (clipping).
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
-        let kind = self.kind;
+        let kind = match (self.kind, self.momentum) {
+            (
+                OptimizerKind::Adamw {
+                    lr,
+                    weight_decay,
+                    betas,
+                    eps,
+                },
+                Some(m),
+            ) => OptimizerKind::Adamw {
+                lr,
+                weight_decay,
+                betas: (m, betas.1),
+                eps,
+            },
+            (
+                OptimizerKind::Adam {
+                    lr,
+                    weight_decay,
+                    betas,
+                    eps,
+                },
+                Some(m),
+            ) => OptimizerKind::Adam {
+                lr,
+                weight_decay,
+                betas: (m, betas.1),
+                eps,
+            },
+            (
+                OptimizerKind::Sgd {
+                    lr,
+                    nesterov,
+                    weight_decay,
+                    ..
+                },
+                Some(m),
+            ) => OptimizerKind::Sgd {
+                lr,
+                momentum: m,
+                nesterov,
+                weight_decay,
+            },
+            (k, None) => k,
+        };
         for group in self.groups.iter().filter(|g| !g.frozen) {
             let lr = lr * group.lr_scale;
             for (name, var) in &group.params {
@@ -438,11 +491,21 @@ pub enum Schedule {
         min_lr_ratio: f64,
     },
     /// One cycle: up from `base/25` to the base over `pct_start` of the run, then cosine down to
-    /// `base/1e4` (torch's defaults).
+    /// `base/1e4` (torch's defaults); the momentum (Adam's beta1, SGD's momentum) cycles the other
+    /// way, from `max_momentum` down to `base_momentum` and back (torch's `cycle_momentum`).
     OneCycle {
         /// Fraction of the run spent rising.
         #[serde(default = "pct")]
         pct_start: f64,
+        /// Whether the momentum cycles.
+        #[serde(default = "yes")]
+        cycle_momentum: bool,
+        /// The momentum at the learning rate's peak.
+        #[serde(default = "base_momentum")]
+        base_momentum: f64,
+        /// The momentum at the start and the end.
+        #[serde(default = "max_momentum")]
+        max_momentum: f64,
     },
 }
 
@@ -454,6 +517,32 @@ fn tenth() -> f64 {
 }
 fn pct() -> f64 {
     0.3
+}
+fn yes() -> bool {
+    true
+}
+fn base_momentum() -> f64 {
+    0.85
+}
+fn max_momentum() -> f64 {
+    0.95
+}
+
+/// A value that follows one cycle's two cosine phases as torch's `OneCycleLR` steps them: from
+/// `a` at step 0 to `b` at step `pct * total - 1`, then to `c` at the last step, `total - 1`.
+fn one_cycle(step: usize, total: usize, pct: f64, (a, b, c): (f64, f64, f64)) -> f64 {
+    let peak = pct * total as f64 - 1.0;
+    let last = total as f64 - 1.0;
+    let s = step as f64;
+    let cos = |from: f64, to: f64, t: f64| {
+        to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos())
+    };
+    if s <= peak {
+        // A peak at step 0 (torch divides 0 by 0 there): the peak's value.
+        if peak <= 0.0 { b } else { cos(a, b, s / peak) }
+    } else {
+        cos(b, c, (s - peak) / (last - peak).max(f64::MIN_POSITIVE))
+    }
 }
 
 impl Default for Schedule {
@@ -499,23 +588,28 @@ impl Schedule {
                 let t = ((step - warmup_steps) as f64 / span).min(1.0);
                 min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             }
-            Schedule::OneCycle { pct_start } => {
-                let up = (pct_start * total as f64).max(1.0);
-                let s = step as f64;
-                let (start, peak, end) = (1.0 / 25.0, 1.0, 1.0 / 25.0 / 1e4);
-                let cos = |a: f64, b: f64, t: f64| {
-                    b + (a - b) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-                };
-                if s < up {
-                    cos(start, peak, s / up)
-                } else {
-                    cos(
-                        peak,
-                        end,
-                        ((s - up) / (total as f64 - up).max(1.0)).min(1.0),
-                    )
-                }
+            Schedule::OneCycle { pct_start, .. } => {
+                one_cycle(step, total, *pct_start, (1.0 / 25.0, 1.0, 1.0 / 25.0 / 1e4))
             }
+        }
+    }
+
+    /// The momentum at `step` of `total` when the schedule sets it (one cycle), else `None` (the
+    /// optimiser's own).
+    pub fn momentum(&self, step: usize, total: usize) -> Option<f64> {
+        match self {
+            Schedule::OneCycle {
+                pct_start,
+                cycle_momentum: true,
+                base_momentum,
+                max_momentum,
+            } => Some(one_cycle(
+                step,
+                total.max(1),
+                *pct_start,
+                (*max_momentum, *base_momentum, *max_momentum),
+            )),
+            _ => None,
         }
     }
 }
