@@ -201,9 +201,8 @@ fn a_resumed_run_ends_with_the_same_weights_as_one_that_ran_through() {
     let data = tempfile::tempdir().expect("tmp");
     let table = glyphs(data.path());
     let straight = data.path().join("straight");
-    trainer(&table, Some(straight.clone()), 1e-3, 2)
-        .fit()
-        .expect("fit");
+    let mut through = trainer(&table, Some(straight.clone()), 1e-3, 2);
+    through.fit().expect("fit");
 
     let resumed = data.path().join("resumed");
     let mut first = trainer(&table, Some(resumed.clone()), 1e-3, 2);
@@ -212,11 +211,39 @@ fn a_resumed_run_ends_with_the_same_weights_as_one_that_ran_through() {
     assert_eq!(r.ending, Ending::StepBudget);
     assert_eq!(r.steps, 5);
     drop(first);
+    // A step logged after the last saved state (a run killed between the two) is run again,
+    // so its record must go.
+    let mut jsonl = std::fs::read_to_string(resumed.join("metrics.jsonl")).expect("jsonl");
+    jsonl += r#"{"kind":"step","epoch":1,"step":6,"loss":99.0,"lr":0.001,"logs":{},"seconds":1.0}"#;
+    jsonl.push('\n');
+    std::fs::write(resumed.join("metrics.jsonl"), jsonl).expect("write");
     let mut second = trainer(&table, Some(resumed.clone()), 1e-3, 2);
     second.resume(&resumed).expect("resume");
     assert_eq!(second.steps(), 5);
     let r = second.fit().expect("second part");
     assert_eq!(r.ending, Ending::Completed);
+    // The history: the first part's records (from metrics.jsonl) and the second's, as one run.
+    let losses = |t: &Trainer| -> Vec<(usize, f64)> {
+        t.history()
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|r| match r {
+                Record::Step { step, loss, .. } => Some((*step, *loss)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(losses(&second), losses(&through));
+    assert_eq!(
+        second.history().lock().expect("lock").len(),
+        through.history().lock().expect("lock").len()
+    );
+    let lines = std::fs::read_to_string(resumed.join("metrics.jsonl"))
+        .expect("jsonl")
+        .lines()
+        .count();
+    assert_eq!(lines, second.history().lock().expect("lock").len());
     let (a, b) = (weights(&straight), weights(&resumed));
     assert_eq!(a.len(), b.len());
     for ((ka, va), (kb, vb)) in a.iter().zip(&b) {

@@ -766,8 +766,9 @@ impl Trainer {
     }
 
     /// Restores everything [`Trainer::save_state`] wrote: weights, the loss's parameters, the
-    /// optimiser's moments and the position in the run. The data, model and loss must be built as
-    /// for the original run.
+    /// optimiser's moments and the position in the run, and the history up to that position from
+    /// `metrics.jsonl` (records of steps after it, which the resumed run repeats, are dropped from
+    /// the file). The data, model and loss must be built as for the original run.
     pub fn resume(&mut self, dir: &Path) -> Result<()> {
         let state_path = dir.join("state.json");
         let text = std::fs::read_to_string(&state_path)
@@ -801,6 +802,7 @@ impl Trainer {
         if self.scaler.is_some() {
             self.scaler = Some(state.grad_scaler.unwrap_or_default());
         }
+        self.restore_history(dir, state.step)?;
         let bank_path = dir.join("criterion_state.safetensors");
         let loss_state = crate::losses::LossState {
             tensors: if bank_path.is_file() {
@@ -819,6 +821,46 @@ impl Trainer {
                     message: e.to_string(),
                 })?;
         }
+        Ok(())
+    }
+}
+
+impl Trainer {
+    /// The history of `dir/metrics.jsonl` up to `step` into memory; the file rewritten with those
+    /// records alone. No file: an empty history.
+    fn restore_history(&mut self, dir: &Path, step: usize) -> Result<()> {
+        let path = dir.join("metrics.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::io("cannot read", &path, e)),
+        };
+        let mut kept = Vec::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let r: Record = serde_json::from_str(line).map_err(|e| Error::Format {
+                path: path.clone(),
+                message: format!("line {}: not a history record: {e}", i + 1),
+            })?;
+            let at = match &r {
+                Record::Step { step, .. } | Record::Validation { step, .. } => *step,
+            };
+            if at <= step {
+                kept.push(r);
+            }
+        }
+        if path.is_file() {
+            let mut out = String::new();
+            for r in &kept {
+                out += &serde_json::to_string(r).map_err(|e| Error::Msg(e.to_string()))?;
+                out.push('\n');
+            }
+            std::fs::write(&path, out).map_err(|e| Error::io("cannot write", &path, e))?;
+        }
+        *self.history.lock().unwrap_or_else(|p| p.into_inner()) = kept;
         Ok(())
     }
 }
