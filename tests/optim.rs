@@ -45,11 +45,9 @@ fn optimisers_follow_torch_step_by_step() {
             frozen: false,
         };
         let mut opt = Optimizer::new(kind, vec![group]).expect("optimizer");
-        for (i, (g, want)) in grads
-            .iter()
-            .zip(case["params"].as_array().expect("params"))
-            .enumerate()
-        {
+        let params = case["params"].as_array().expect("params");
+        assert_eq!(params.len(), grads.len(), "{name}");
+        for (i, (g, want)) in grads.iter().zip(params).enumerate() {
             // d/dp sum(p * g) = g: the gradient torch was given.
             let g = Tensor::from_vec(g.clone(), (2, 3), &dev).expect("g");
             let store = (var.as_tensor() * &g)
@@ -63,10 +61,12 @@ fn optimisers_follow_torch_step_by_step() {
                 .expect("flat")
                 .to_vec1()
                 .expect("vec");
-            for (a, b) in got.iter().zip(floats(want)) {
+            let want = floats(want);
+            assert_eq!(got.len(), want.len(), "{name}");
+            for (a, b) in got.iter().zip(&want) {
                 assert!(
                     (a - b).abs() < 1e-6,
-                    "{name} step {}: {got:?} vs torch {want}",
+                    "{name} step {}: {got:?} vs torch {want:?}",
                     i + 1
                 );
             }
@@ -94,6 +94,7 @@ fn schedules_follow_torch_at_every_step() {
         }
         match case["momentum"].as_array() {
             Some(moms) => {
+                assert_eq!(moms.len(), total, "{name}");
                 for (step, want) in moms.iter().enumerate() {
                     let got = schedule
                         .momentum(step, total)

@@ -13,7 +13,7 @@ use crate::{Error, Result};
 /// f32. `f16` adds dynamic loss scaling ([`crate::train::optim::GradScaler`]). Meant for CUDA; the
 /// CPU runs them too (correct, not faster: it has no bf16 matrix kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "PrecisionName")]
 pub enum Precision {
     /// Everything in f32.
     #[default]
@@ -22,6 +22,26 @@ pub enum Precision {
     Bf16,
     /// float16 mixed precision with dynamic loss scaling.
     F16,
+}
+
+/// How a config may spell a precision: a name, or Lightning's `16` / `32`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PrecisionName {
+    Name(String),
+    Bits(u32),
+}
+
+impl TryFrom<PrecisionName> for Precision {
+    type Error = String;
+
+    fn try_from(p: PrecisionName) -> std::result::Result<Self, String> {
+        let name = match p {
+            PrecisionName::Name(s) => s,
+            PrecisionName::Bits(b) => b.to_string(),
+        };
+        Precision::parse(&name).map_err(|e| e.to_string())
+    }
 }
 
 impl Precision {
@@ -34,7 +54,8 @@ impl Precision {
         }
     }
 
-    /// `f32`, `bf16` or `f16` (also `fp32`, `bf16-mixed`, `16-mixed` as Lightning spells them).
+    /// `f32`, `bf16` or `f16` (also `fp32`, `32`, `fp16`, `16`, and Lightning's `bf16-mixed`,
+    /// `16-mixed`, `32-true`); configs accept the same spellings.
     pub fn parse(name: &str) -> Result<Precision> {
         match name.trim() {
             "f32" | "fp32" | "32" | "32-true" => Ok(Precision::F32),

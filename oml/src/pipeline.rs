@@ -452,6 +452,9 @@ impl JobConfig {
         self.optimizer
             .validate()
             .map_err(|e| Error::Msg(format!("at `optimizer`: {e}")))?;
+        self.scheduler
+            .validate()
+            .map_err(|e| Error::Msg(format!("at `scheduler`: {e}")))?;
         self.metrics
             .validate()
             .map_err(|e| Error::Msg(format!("at `metrics`: {e}")))?;

@@ -17,6 +17,7 @@ use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use super::{LossState, check_triplet_labels, pairwise_dist};
 use crate::{Error, Result};
@@ -497,16 +498,16 @@ impl TripletMiner for MinerWithBank {
         let (anchors, positives, negatives) = triplets.gather(&all)?;
         let logs = bank_logs(&triplets, bs);
         // Update after mining: the bank never holds the current batch.
-        bank.accumulated |= bank.ptr + bs >= size;
         let detached = features.detach();
         let ptr = bank.ptr;
-        let updated = match bank.features.take() {
+        let updated = match &bank.features {
             None => {
                 let zeros = Tensor::zeros((size, d), features.dtype(), features.device())?;
                 zeros.slice_assign(&[ptr..ptr + bs, 0..d], &detached)?
             }
             Some(bf) => bf.slice_assign(&[ptr..ptr + bs, 0..d], &detached)?,
         };
+        bank.accumulated |= ptr + bs >= size;
         bank.features = Some(updated);
         bank.labels[ptr..ptr + bs].copy_from_slice(labels);
         bank.ptr = (ptr + bs) % size;
@@ -522,69 +523,94 @@ impl TripletMiner for MinerWithBank {
     /// The bank: its features, labels, write position and whether it is full.
     fn state(&self) -> Result<LossState> {
         let bank = self.bank.lock().unwrap_or_else(|p| p.into_inner());
+        SavedBank {
+            labels: bank.labels.clone(),
+            ptr: bank.ptr,
+            batch_size: bank.batch_size,
+            accumulated: bank.accumulated,
+            rng: None,
+        }
+        .into_state(bank.features.as_ref())
+    }
+
+    fn load_state(&self, state: &LossState) -> Result<()> {
+        let (saved, features) =
+            SavedBank::from_state(state, "MinerWithBank", self.bank_size_in_batches)?;
+        *self.bank.lock().unwrap_or_else(|p| p.into_inner()) = Bank {
+            features,
+            labels: saved.labels,
+            ptr: saved.ptr,
+            accumulated: saved.accumulated,
+            batch_size: saved.batch_size,
+        };
+        Ok(())
+    }
+}
+
+/// What a memory bank keeps besides its features (saved with a trainer's state).
+#[derive(Serialize, Deserialize)]
+struct SavedBank {
+    labels: Vec<i64>,
+    ptr: usize,
+    batch_size: usize,
+    #[serde(default)]
+    accumulated: bool,
+    #[serde(default)]
+    rng: Option<SavedRng>,
+}
+
+/// A ChaCha generator's position.
+#[derive(Serialize, Deserialize)]
+struct SavedRng {
+    seed: [u8; 32],
+    stream: u64,
+    /// A u128, as a string (JSON numbers cannot hold it exactly).
+    word_pos: String,
+}
+
+impl SavedBank {
+    fn into_state(self, features: Option<&Tensor>) -> Result<LossState> {
         let mut state = LossState {
-            values: serde_json::json!({
-                "labels": bank.labels,
-                "ptr": bank.ptr,
-                "accumulated": bank.accumulated,
-                "batch_size": bank.batch_size,
-            }),
+            values: serde_json::to_value(self).map_err(|e| Error::Msg(e.to_string()))?,
             ..LossState::default()
         };
-        if let Some(f) = &bank.features {
+        if let Some(f) = features {
             state.tensors.insert("bank".into(), f.clone());
         }
         Ok(state)
     }
 
-    fn load_state(&self, state: &LossState) -> Result<()> {
-        let restored = Bank {
-            features: state.tensors.get("bank").cloned(),
-            labels: state.value("labels")?,
-            ptr: state.value("ptr")?,
-            accumulated: state.value("accumulated")?,
-            batch_size: state.value("batch_size")?,
+    /// The saved bank of `miner`, checked against its size: a state saved with another bank or
+    /// batch size is refused (instead of an out-of-range write at the next batch).
+    fn from_state(
+        state: &LossState,
+        miner: &str,
+        batches: usize,
+    ) -> Result<(SavedBank, Option<Tensor>)> {
+        let saved: SavedBank = serde_json::from_value(state.values.clone())
+            .map_err(|e| Error::Msg(format!("{miner}: not a saved bank: {e}")))?;
+        let features = state.tensors.get("bank").cloned();
+        if saved.batch_size == 0 && features.is_none() {
+            return Ok((saved, features)); // saved before the first batch
+        }
+        let size = saved.batch_size * batches;
+        let rows = match &features {
+            Some(f) => f.dims2()?.0,
+            None => 0,
         };
-        check_bank(
-            "MinerWithBank",
-            self.bank_size_in_batches,
-            restored.batch_size,
-            &restored.labels,
-            restored.ptr,
-            restored.features.as_ref(),
-        )?;
-        *self.bank.lock().unwrap_or_else(|p| p.into_inner()) = restored;
-        Ok(())
+        let aligned = saved.batch_size > 0 && saved.ptr.is_multiple_of(saved.batch_size);
+        if saved.labels.len() != size || saved.ptr >= size || !aligned || rows != size {
+            return Err(Error::Msg(format!(
+                "{miner}: the saved bank ({} labels, {rows} rows, position {}) does not fit \
+                 {batches} batches of {}; resume with the loss and batch settings of the \
+                 original run",
+                saved.labels.len(),
+                saved.ptr,
+                saved.batch_size
+            )));
+        }
+        Ok((saved, features))
     }
-}
-
-/// Checks a restored bank against this miner's size: a state saved with another bank size or
-/// batch size is refused (instead of an out-of-range write at the next batch).
-fn check_bank(
-    miner: &str,
-    batches: usize,
-    batch_size: usize,
-    labels: &[i64],
-    ptr: usize,
-    features: Option<&Tensor>,
-) -> Result<()> {
-    if batch_size == 0 && features.is_none() {
-        return Ok(()); // saved before the first batch
-    }
-    let size = batch_size * batches;
-    let rows = match features {
-        Some(f) => f.dims2()?.0,
-        None => 0,
-    };
-    if labels.len() != size || ptr >= size.max(1) || rows != size {
-        return Err(Error::Msg(format!(
-            "{miner}: the saved bank ({} labels, {rows} rows, position {ptr}) does not fit \
-             {batches} batches of {batch_size}; resume with the loss and batch settings of the \
-             original run",
-            labels.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Per anchor, distinct positives and negatives from the bank (index >= bs) or the batch,
@@ -679,49 +705,42 @@ impl TripletMiner for TripletMinerWithMemory {
     /// The bank (features, labels, write position) and the generator's seed, stream and position.
     fn state(&self) -> Result<LossState> {
         let mem = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-        let mut state = LossState {
-            values: serde_json::json!({
-                "labels": mem.labels,
-                "ptr": mem.ptr,
-                "batch_size": mem.batch_size,
-                "rng_seed": mem.rng.get_seed(),
-                "rng_stream": mem.rng.get_stream(),
-                // A u128: as a string, which JSON numbers cannot hold exactly.
-                "rng_word_pos": mem.rng.get_word_pos().to_string(),
+        SavedBank {
+            labels: mem.labels.clone(),
+            ptr: mem.ptr,
+            batch_size: mem.batch_size,
+            accumulated: false,
+            rng: Some(SavedRng {
+                seed: mem.rng.get_seed(),
+                stream: mem.rng.get_stream(),
+                word_pos: mem.rng.get_word_pos().to_string(),
             }),
-            ..LossState::default()
-        };
-        if let Some(f) = &mem.features {
-            state.tensors.insert("bank".into(), f.clone());
         }
-        Ok(state)
+        .into_state(mem.features.as_ref())
     }
 
     fn load_state(&self, state: &LossState) -> Result<()> {
-        let seed: [u8; 32] = state.value("rng_seed")?;
-        let pos: String = state.value("rng_word_pos")?;
-        let pos: u128 = pos
-            .parse()
-            .map_err(|e| Error::Msg(format!("loss state: `rng_word_pos` {pos:?}: {e}")))?;
-        let mut rng = ChaCha8Rng::from_seed(seed);
-        rng.set_stream(state.value("rng_stream")?);
+        let (saved, features) =
+            SavedBank::from_state(state, "TripletMinerWithMemory", self.bank_size_in_batches)?;
+        let r = saved.rng.ok_or_else(|| {
+            Error::Msg("TripletMinerWithMemory: the saved state has no generator".into())
+        })?;
+        let pos: u128 = r.word_pos.parse().map_err(|e| {
+            Error::Msg(format!(
+                "TripletMinerWithMemory: generator position {:?}: {e}",
+                r.word_pos
+            ))
+        })?;
+        let mut rng = ChaCha8Rng::from_seed(r.seed);
+        rng.set_stream(r.stream);
         rng.set_word_pos(pos);
-        let restored = Memory {
-            features: state.tensors.get("bank").cloned(),
-            labels: state.value("labels")?,
-            ptr: state.value("ptr")?,
-            batch_size: state.value("batch_size")?,
+        *self.memory.lock().unwrap_or_else(|p| p.into_inner()) = Memory {
+            features,
+            labels: saved.labels,
+            ptr: saved.ptr,
+            batch_size: saved.batch_size,
             rng,
         };
-        check_bank(
-            "TripletMinerWithMemory",
-            self.bank_size_in_batches,
-            restored.batch_size,
-            &restored.labels,
-            restored.ptr,
-            restored.features.as_ref(),
-        )?;
-        *self.memory.lock().unwrap_or_else(|p| p.into_inner()) = restored;
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 //! `transformer.resblocks.N.{ln_1, attn.in_proj_weight [3D, D], attn.in_proj_bias,
 //! attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_post`, `proj [D, out]`.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -94,12 +94,13 @@ impl ResBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = super::linear(&self.in_proj, &self.ln_1.forward(x)?)?;
+    /// The block on the residual stream `x`, the products in `dtype`.
+    fn forward(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        let qkv = super::linear(&self.in_proj, &self.ln_1.forward(x)?, dtype)?;
         let a = super::self_attention(&qkv, self.heads, self.ln_1.trainable())?;
-        let x = (x + super::linear(&self.out_proj, &a)?)?;
-        let h = quick_gelu(&super::linear(&self.c_fc, &self.ln_2.forward(&x)?)?)?;
-        Ok((&x + super::linear(&self.c_proj, &h)?)?)
+        let x = super::residual_add(x, &super::linear(&self.out_proj, &a, dtype)?)?;
+        let h = quick_gelu(&super::linear(&self.c_fc, &self.ln_2.forward(&x)?, dtype)?)?;
+        super::residual_add(&x, &super::linear(&self.c_proj, &h, dtype)?)
     }
 }
 
@@ -166,20 +167,22 @@ impl ClipVisual {
             )));
         }
         let d = self.cfg.width;
+        // Products in the images' dtype; the residual stream in the weights' (f32).
+        let dtype = images.dtype();
         let x = super::patch_embed(&self.conv1, images, self.cfg.patch_size)?;
+        let x = super::cast(&x, self.class_embedding.dtype())?;
         let cls = self
             .class_embedding
             .reshape((1, 1, d))?
             .broadcast_as((b, 1, d))?;
-        let pos = super::like(&self.positional_embedding, &x)?;
         let x =
-            Tensor::cat(&[&super::like(&cls, &x)?, &x], 1)?.broadcast_add(&pos.unsqueeze(0)?)?;
+            Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.positional_embedding.unsqueeze(0)?)?;
         let mut x = self.ln_pre.forward(&x)?;
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            x = block.forward(&x, dtype)?;
         }
         let cls = self.ln_post.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
-        let out = cls.matmul(&super::like(&self.proj, &cls)?)?;
+        let out = super::cast(&cls, dtype)?.matmul(&super::cast(&self.proj, dtype)?)?;
         if self.cfg.normalise {
             return super::l2_normalise(&out);
         }

@@ -46,8 +46,9 @@ pub trait Extractor: Send + Sync {
 }
 
 /// OML's `normalise`: rows divided by their L2 norm, the norm treated as a constant (detached) in
-/// the backward pass, as OML does.
+/// the backward pass, as OML does. In f32 (under mixed precision the squares would overflow f16).
 pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
+    let x = &x.to_dtype(DType::F32)?;
     let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.detach();
     Ok(x.broadcast_div(&norms)?)
 }
@@ -143,7 +144,7 @@ impl Extractor for ExtractorWithMLP {
         }
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = linear(layer, &x)?;
+            x = linear(layer, &x, images.dtype())?;
             if i < last {
                 x = x.relu()?;
             }
@@ -322,6 +323,16 @@ impl ModelSpec {
         if self.mlp.is_empty() {
             return Ok(backbone);
         }
+        self.with_head(backbone, vb)
+    }
+
+    /// `backbone` followed by this spec's MLP head (built from `vb` under `projection`), the
+    /// output L2-normalised when asked.
+    fn with_head(
+        &self,
+        backbone: Box<dyn Extractor>,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Extractor>> {
         let head = ExtractorWithMLP::new(
             backbone,
             &self.mlp,
@@ -392,17 +403,7 @@ pub fn load(
             path,
             |vb| plain.build(vb),
         )?;
-        let vb = VarBuilder::from_varmap(vm, DType::F32, device);
-        let head = ExtractorWithMLP::new(
-            backbone,
-            &spec.mlp,
-            spec.train_backbone,
-            vb.pp("projection"),
-        )?;
-        if spec.normalise {
-            return Ok(Box::new(Normalised(head)));
-        }
-        return Ok(Box::new(head));
+        return spec.with_head(backbone, VarBuilder::from_varmap(vm, DType::F32, device));
     }
     let what = format!("{} network", spec.arch);
     weights::build_checked(
@@ -484,10 +485,12 @@ pub fn init(spec: &ModelSpec, varmap: &VarMap, device: &Device) -> Result<Box<dy
 /// Mixed precision, as PyTorch's autocast: a network whose input is cast to `dtype` (bf16, f16)
 /// and whose embeddings come back as f32.
 ///
-/// The variables stay f32. Each layer casts its weights to the dtype of its input
-/// ([`like`], [`linear`], [`conv2d`]); the casts are differentiable, so the variables get f32
-/// gradients. Layer and batch norms, the attention's softmax and everything after the network (the
-/// loss) run in f32. With `dtype` f32 the network runs as it is.
+/// The variables stay f32. The networks take the images' dtype as the one to multiply in: linear
+/// layers and convolutions cast their input and weights to it ([`linear`], [`conv2d`]); the casts
+/// are differentiable, so the variables get f32 gradients. As under autocast, the transformers'
+/// residual stream stays f32 (a branch's output is widened before it is added), and layer norms,
+/// the attention's softmax, batch norm, pooling, L2 normalisation and everything after the network
+/// (the loss) run in f32. With `dtype` f32 the network runs as it is.
 pub struct Autocast<'a> {
     net: &'a dyn Extractor,
     dtype: DType,
@@ -514,31 +517,45 @@ impl Extractor for Autocast<'_> {
     }
 }
 
-/// `t` (a weight) in the dtype of `x` (the activations): a no-op when they agree, a
-/// differentiable cast under mixed precision.
-pub(crate) fn like(t: &Tensor, x: &Tensor) -> Result<Tensor> {
-    if t.dtype() == x.dtype() {
+/// `t` in `dtype`: a no-op when it is already, a differentiable cast under mixed precision.
+pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
         return Ok(t.clone());
     }
-    Ok(t.to_dtype(x.dtype())?)
+    Ok(t.to_dtype(dtype)?)
 }
 
-/// A linear layer in the dtype of its input: the fused kernel (f32 on the CPU), candle's product
-/// elsewhere, the weights cast under mixed precision.
-pub(crate) fn linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    if layer.weight().dtype() == x.dtype() {
-        return Ok(oml_kernels::linear(layer, x)?);
+/// `f(x)` computed in f32 and handed back in `x`'s dtype: the ops mixed precision keeps in f32.
+pub(crate) fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    if x.dtype() == DType::F32 {
+        return f(x);
     }
-    let bias = layer.bias().map(|b| like(b, x)).transpose()?;
-    Ok(Linear::new(like(layer.weight(), x)?, bias).forward(x)?)
+    Ok(f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?)
 }
 
-/// `gelu_erf(linear(x))`: one fused op (f32 on the CPU), the two ops otherwise.
-pub(crate) fn linear_gelu(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    if layer.weight().dtype() == x.dtype() {
-        return Ok(oml_kernels::linear_gelu(layer, x)?);
+/// `x + branch`, the branch widened to the residual stream's dtype (f32 under mixed precision, as
+/// autocast's type promotion keeps it).
+pub(crate) fn residual_add(x: &Tensor, branch: &Tensor) -> Result<Tensor> {
+    Ok((x + cast(branch, x.dtype())?)?)
+}
+
+/// A linear layer computed in `dtype` (the input and weights cast to it): the fused kernel for f32
+/// on the CPU, candle's product otherwise.
+pub(crate) fn linear(layer: &Linear, x: &Tensor, dtype: DType) -> Result<Tensor> {
+    let x = cast(x, dtype)?;
+    if layer.weight().dtype() == dtype {
+        return Ok(oml_kernels::linear(layer, &x)?);
     }
-    Ok(oml_kernels::gelu_erf(&linear(layer, x)?)?)
+    let bias = layer.bias().map(|b| cast(b, dtype)).transpose()?;
+    Ok(Linear::new(cast(layer.weight(), dtype)?, bias).forward(&x)?)
+}
+
+/// `gelu_erf(linear(x))` in `dtype`: one fused op (f32 on the CPU), the two ops otherwise.
+pub(crate) fn linear_gelu(layer: &Linear, x: &Tensor, dtype: DType) -> Result<Tensor> {
+    if layer.weight().dtype() == dtype {
+        return Ok(oml_kernels::linear_gelu(layer, &cast(x, dtype)?)?);
+    }
+    Ok(oml_kernels::gelu_erf(&linear(layer, x, dtype)?)?)
 }
 
 /// A convolution in the dtype of its input (the weights cast under mixed precision).
@@ -548,12 +565,10 @@ pub(crate) fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
     }
     if x.dtype() == DType::BF16 && x.device().is_cpu() {
         // candle's CPU convolution has no bf16 product: widen, as its matmul does.
-        return Ok(conv
-            .forward(&x.to_dtype(DType::F32)?)?
-            .to_dtype(x.dtype())?);
+        return in_f32(x, |x| Ok(conv.forward(x)?));
     }
-    let bias = conv.bias().map(|b| like(b, x)).transpose()?;
-    Ok(Conv2d::new(like(conv.weight(), x)?, bias, *conv.config()).forward(x)?)
+    let bias = conv.bias().map(|b| cast(b, x.dtype())).transpose()?;
+    Ok(Conv2d::new(cast(conv.weight(), x.dtype())?, bias, *conv.config()).forward(x)?)
 }
 
 /// A patch embedding, a convolution whose stride is its kernel (`p`, no padding), as one matrix
@@ -585,7 +600,7 @@ pub(crate) fn patch_embed(conv: &Conv2d, images: &Tensor, p: usize) -> Result<Te
         .contiguous()?
         .reshape((b * gh * gw, c * p * p))?;
     let layer = Linear::new(conv.weight().reshape((d, c * p * p))?, conv.bias().cloned());
-    Ok(linear(&layer, &patches)?.reshape((b, gh * gw, d))?)
+    Ok(linear(&layer, &patches, images.dtype())?.reshape((b, gh * gw, d))?)
 }
 
 /// LayerNorm that trains. On the CPU (f32) a fused kernel with a backward pass
@@ -614,8 +629,7 @@ impl Norm {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() != self.weight.dtype() {
             // Mixed precision: normalised in f32, handed on in the input's dtype.
-            let y = self.forward(&x.to_dtype(self.weight.dtype())?)?;
-            return Ok(y.to_dtype(x.dtype())?);
+            return in_f32(x, |x| self.forward(x));
         }
         if oml_kernels::fused(x) {
             return Ok(oml_kernels::layer_norm(
@@ -669,13 +683,8 @@ pub(crate) fn self_attention(qkv: &Tensor, heads: usize, train: bool) -> Result<
     let q = qkv.get(0)?.contiguous()?;
     let k = qkv.get(1)?.contiguous()?;
     let v = qkv.get(2)?.contiguous()?;
-    let scores = q.matmul(&k.t()?)?;
-    let att = if scores.dtype() == DType::F32 {
-        softmax_last(&scores, scale, train)?
-    } else {
-        // Mixed precision: the softmax in f32, as autocast runs it.
-        softmax_last(&scores.to_dtype(DType::F32)?, scale, train)?.to_dtype(scores.dtype())?
-    };
+    // Mixed precision: the softmax in f32, as autocast runs it.
+    let att = in_f32(&q.matmul(&k.t()?)?, |s| softmax_last(s, scale, train))?;
     Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?)
 }
 

@@ -159,13 +159,10 @@ impl ConvBn {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = super::conv2d(&self.conv, x)?;
-        if y.dtype() == DType::F32 {
-            return Ok(self.bn.forward_t(&y, train)?);
-        }
-        // Mixed precision: batch norm in f32, as autocast runs it.
-        let y = self.bn.forward_t(&y.to_dtype(DType::F32)?, train)?;
-        Ok(y.to_dtype(x.dtype())?)
+        // Mixed precision: batch norm in f32.
+        super::in_f32(&super::conv2d(&self.conv, x)?, |y| {
+            Ok(self.bn.forward_t(y, train)?)
+        })
     }
 }
 
@@ -337,8 +334,11 @@ impl ResNetExtractor {
         };
         let out = match &self.head {
             None => pooled,
-            Some(Head::Linear(fc)) => super::linear(fc, &pooled)?,
-            Some(Head::Projector(a, b)) => super::linear(b, &super::linear(a, &pooled)?.relu()?)?,
+            Some(Head::Linear(fc)) => super::linear(fc, &pooled, DType::F32)?,
+            Some(Head::Projector(a, b)) => {
+                let h = super::linear(a, &pooled, DType::F32)?.relu()?;
+                super::linear(b, &h, DType::F32)?
+            }
         };
         if self.cfg.normalise {
             return super::l2_normalise(&out);

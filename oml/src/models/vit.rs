@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -145,23 +145,31 @@ impl Block {
         })
     }
 
-    fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let qkv = super::linear(&self.qkv, x)?;
+    /// The attention branch, its products in `dtype`.
+    fn attention(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        let qkv = super::linear(&self.qkv, x, dtype)?;
         let out = super::self_attention(&qkv, self.heads, self.norm1.trainable())?;
-        super::linear(&self.proj, &out)
+        super::linear(&self.proj, &out, dtype)
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // x + branch, the branch scaled by LayerScale's gamma when the model has one.
+    /// The block on the residual stream `x`, the products in `dtype` (mixed precision: bf16 or
+    /// f16 products, the stream in f32).
+    fn forward(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        // x + branch (widened to the stream's dtype), scaled by LayerScale's gamma when there is one.
         let residual = |x: &Tensor, branch: Tensor, g: &Option<Tensor>| -> Result<Tensor> {
+            let branch = super::cast(&branch, x.dtype())?;
             Ok(match g {
-                Some(g) => oml_kernels::residual_scale(x, &branch, &super::like(g, &branch)?)?,
+                Some(g) => oml_kernels::residual_scale(x, &branch, g)?,
                 None => (x + branch)?,
             })
         };
-        let x = residual(x, self.attention(&self.norm1.forward(x)?)?, &self.ls1)?;
-        let h = super::linear_gelu(&self.fc1, &self.norm2.forward(&x)?)?;
-        residual(&x, super::linear(&self.fc2, &h)?, &self.ls2)
+        let x = residual(
+            x,
+            self.attention(&self.norm1.forward(x)?, dtype)?,
+            &self.ls1,
+        )?;
+        let h = super::linear_gelu(&self.fc1, &self.norm2.forward(&x)?, dtype)?;
+        residual(&x, super::linear(&self.fc2, &h, dtype)?, &self.ls2)
     }
 }
 
@@ -319,20 +327,21 @@ impl ViTExtractor {
             )));
         }
         let (gh, gw) = (h / p, w / p);
+        // Products in the images' dtype; the residual stream in the weights' (f32).
+        let dtype = images.dtype();
         let x = super::patch_embed(&self.patch, images, p)?; // [B, gh * gw, D]
-        let cls = super::like(&self.cls, &x)?.broadcast_as((b, 1, self.cfg.embed_dim))?;
-        let pos = super::like(&self.position_embeddings(gh, gw)?, &x)?;
+        let x = super::cast(&x, self.cls.dtype())?;
+        let cls = self.cls.broadcast_as((b, 1, self.cfg.embed_dim))?;
+        let pos = self.position_embeddings(gh, gw)?;
         let mut x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&pos)?;
         if let Some(reg) = &self.registers {
             let (n, d) = (self.cfg.n_registers, self.cfg.embed_dim);
-            let reg = super::like(reg, &x)?
-                .broadcast_as((b, n, d))?
-                .contiguous()?;
+            let reg = reg.broadcast_as((b, n, d))?.contiguous()?;
             let patches = x.narrow(1, 1, gh * gw)?;
             x = Tensor::cat(&[&x.narrow(1, 0, 1)?, &reg, &patches], 1)?;
         }
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            x = block.forward(&x, dtype)?;
         }
         Ok(self.norm.forward(&x)?.narrow(1, 0, 1)?.squeeze(1)?)
     }

@@ -191,7 +191,8 @@ pub enum Record {
         epoch: usize,
         /// Global step (1-based after the update).
         step: usize,
-        /// Loss value.
+        /// Loss value (NaN for an f16 step whose forward pass overflowed; `null` in JSON).
+        #[serde(deserialize_with = "nan_if_null")]
         loss: f64,
         /// Learning rate (base, after the schedule).
         lr: f64,
@@ -213,6 +214,11 @@ pub enum Record {
         /// Distances query -> nearest negative.
         neg_dist: Vec<f32>,
     },
+}
+
+/// A float that JSON wrote as `null` (serde_json's spelling of NaN and infinities) read as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Why a run ended.
@@ -293,6 +299,7 @@ impl Trainer {
         // The sampler checks n_labels / n_instances against the data.
         BalanceSampler::new(train.labels(), cfg.n_labels, cfg.n_instances)?;
         cfg.metrics.validate()?;
+        cfg.scheduler.validate()?;
         check_metric_path(&cfg.checkpoint_metric, &cfg.metrics)?;
         if cfg.val_batch_size == 0 {
             return Err(Error::param("val_batch_size", 0, "at least 1"));
@@ -557,7 +564,10 @@ impl Trainer {
                     .sum_all()?
                     .to_dtype(candle_core::DType::F32)?
                     .to_scalar::<f32>()?;
-                if !loss.is_finite() || !emb_sum.is_finite() {
+                let finite = loss.is_finite() && emb_sum.is_finite();
+                // Under f16 a non-finite forward pass is an overflow, handled below as PyTorch's
+                // GradScaler handles it: the step skipped, the loss scale halved.
+                if !finite && self.scaler.is_none() {
                     let kept = self.cfg.logs_dir.as_ref().map(|d| {
                         format!(
                             "; the last good checkpoint is {}",
@@ -573,13 +583,16 @@ impl Trainer {
                         kept.unwrap_or_default()
                     )));
                 }
-                let (grads, unscale) = match &self.scaler {
-                    Some(sc) => ((&out.loss * sc.scale)?.backward()?, 1.0 / sc.scale),
-                    None => (out.loss.backward()?, 1.0),
+                let (grads, unscale) = match (&self.scaler, finite) {
+                    (Some(sc), true) => (Some((&out.loss * sc.scale)?.backward()?), 1.0 / sc.scale),
+                    (Some(sc), false) => (None, 1.0 / sc.scale),
+                    (None, _) => (Some(out.loss.backward()?), 1.0),
                 };
-                let norm = match (self.cfg.clip_grad_norm, &self.scaler) {
-                    (None, None) => None,
-                    _ => Some(self.optimizer.grad_norm(&grads)? * unscale),
+                let norm = match (&grads, self.cfg.clip_grad_norm, &self.scaler) {
+                    (Some(g), Some(_), _) | (Some(g), _, Some(_)) => {
+                        Some(self.optimizer.grad_norm(g)? * unscale)
+                    }
+                    _ => None,
                 };
                 let mut logs = out.logs.clone();
                 let apply = match self.scaler.as_mut() {
@@ -588,9 +601,9 @@ impl Trainer {
                         let ok = sc.update(norm.is_some_and(f64::is_finite));
                         if !ok && sc.scale < 1.0 / GradScaler::INIT {
                             return Err(Error::Msg(format!(
-                                "the gradients overflow f16 at every loss scale down to {:e} \
-                                 (step {}, epoch {}): train with precision bf16 or f32, or lower \
-                                 the learning rate",
+                                "the forward pass or the gradients overflow f16 at every loss \
+                                 scale down to {:e} (step {}, epoch {}): train with precision bf16 \
+                                 or f32, or lower the learning rate",
                                 sc.scale,
                                 self.step + 1,
                                 self.epoch
@@ -614,10 +627,10 @@ impl Trainer {
                     _ => unscale,
                 };
                 let lr = self.cfg.optimizer.lr() * self.cfg.scheduler.factor(self.step, total);
-                if apply {
+                if let (true, Some(grads)) = (apply, &grads) {
                     let momentum = self.cfg.scheduler.momentum(self.step, total);
                     self.optimizer.set_momentum(momentum);
-                    self.optimizer.step(&grads, lr, scale)?;
+                    self.optimizer.step(grads, lr, scale)?;
                 } else {
                     // An overflowed f16 step: no update, the scale halved (PyTorch's GradScaler).
                     logs.insert("skipped".into(), 1.0);
@@ -777,32 +790,36 @@ impl Trainer {
             path: state_path.clone(),
             message: format!("not a trainer state: {e}"),
         })?;
-        let load_into = |vm: &VarMap, file: &str| -> Result<()> {
+        // Everything is read and checked first; the trainer changes only when all of it fits.
+        let pairs = |vm: &VarMap, file: &str| -> Result<Vec<(candle_core::Var, Tensor)>> {
             let path = dir.join(file);
             let tensors = candle_core::safetensors::load(&path, &self.device)?;
             let data = vm.data().lock().unwrap_or_else(|p| p.into_inner());
-            for (k, var) in data.iter() {
-                let t = tensors.get(k).ok_or_else(|| Error::Format {
-                    path: path.clone(),
-                    message: format!("no tensor {k}"),
-                })?;
-                var.set(t)?;
-            }
-            Ok(())
+            data.iter()
+                .map(|(k, var)| {
+                    let t = tensors.get(k).ok_or_else(|| Error::Format {
+                        path: path.clone(),
+                        message: format!("no tensor {k}"),
+                    })?;
+                    if t.shape() != var.shape() {
+                        return Err(Error::Format {
+                            path: path.clone(),
+                            message: format!(
+                                "{k} is {:?}, the model's {:?}",
+                                t.shape(),
+                                var.shape()
+                            ),
+                        });
+                    }
+                    Ok((var.clone(), t.clone()))
+                })
+                .collect()
         };
-        load_into(&self.backbone, "last.safetensors")?;
-        load_into(&self.criterion_vars, "criterion.safetensors")?;
+        let mut weights = pairs(&self.backbone, "last.safetensors")?;
+        weights.extend(pairs(&self.criterion_vars, "criterion.safetensors")?);
         let moments: HashMap<String, Tensor> =
             candle_core::safetensors::load(dir.join("optimizer.safetensors"), &self.device)?;
-        self.optimizer.load_state(moments, state.param_steps)?;
-        self.epoch = state.epoch;
-        self.batch_in_epoch = state.batch_in_epoch;
-        self.step = state.step;
-        self.best = state.best;
-        if self.scaler.is_some() {
-            self.scaler = Some(state.grad_scaler.unwrap_or_default());
-        }
-        self.restore_history(dir, state.step)?;
+        let history = read_history(&dir.join("metrics.jsonl"), state.step)?;
         let bank_path = dir.join("criterion_state.safetensors");
         let loss_state = crate::losses::LossState {
             tensors: if bank_path.is_file() {
@@ -812,7 +829,8 @@ impl Trainer {
             },
             values: state.criterion_state,
         };
-        // Absent in state files written before losses had a state: nothing to restore.
+        // Absent in state files written before losses had a state: nothing to restore. The loss
+        // checks the state before taking it.
         if !loss_state.is_empty() {
             self.criterion
                 .load_state(&loss_state)
@@ -821,48 +839,67 @@ impl Trainer {
                     message: e.to_string(),
                 })?;
         }
-        Ok(())
-    }
-}
-
-impl Trainer {
-    /// The history of `dir/metrics.jsonl` up to `step` into memory; the file rewritten with those
-    /// records alone. No file: an empty history.
-    fn restore_history(&mut self, dir: &Path, step: usize) -> Result<()> {
-        let path = dir.join("metrics.jsonl");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(Error::io("cannot read", &path, e)),
-        };
-        let mut kept = Vec::new();
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let r: Record = serde_json::from_str(line).map_err(|e| Error::Format {
-                path: path.clone(),
-                message: format!("line {}: not a history record: {e}", i + 1),
-            })?;
-            let at = match &r {
-                Record::Step { step, .. } | Record::Validation { step, .. } => *step,
-            };
-            if at <= step {
-                kept.push(r);
-            }
+        self.optimizer.load_state(moments, state.param_steps)?;
+        for (var, t) in weights {
+            var.set(&t)?;
         }
-        if path.is_file() {
+        self.epoch = state.epoch;
+        self.batch_in_epoch = state.batch_in_epoch;
+        self.step = state.step;
+        self.best = state.best;
+        if self.scaler.is_some() {
+            self.scaler = Some(state.grad_scaler.unwrap_or_default());
+        }
+        // The run's history file (in this run's logs_dir) holds exactly the kept records.
+        if let Some(logs) = &self.cfg.logs_dir {
+            std::fs::create_dir_all(logs).map_err(|e| Error::io("cannot create", logs, e))?;
+            let path = logs.join("metrics.jsonl");
             let mut out = String::new();
-            for r in &kept {
+            for r in &history {
                 out += &serde_json::to_string(r).map_err(|e| Error::Msg(e.to_string()))?;
                 out.push('\n');
             }
             std::fs::write(&path, out).map_err(|e| Error::io("cannot write", &path, e))?;
         }
-        *self.history.lock().unwrap_or_else(|p| p.into_inner()) = kept;
+        *self.history.lock().unwrap_or_else(|p| p.into_inner()) = history;
         Ok(())
     }
+}
+
+/// The records of a history file (`metrics.jsonl`) up to `step`: those of later steps, which a
+/// resumed run repeats, are left out; so is an unreadable last line (a run killed while writing
+/// it). No file: no records.
+fn read_history(path: &Path, step: usize) -> Result<Vec<Record>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let mut kept = Vec::new();
+    for (n, &(i, line)) in lines.iter().enumerate() {
+        let r: Record = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(_) if n + 1 == lines.len() => break,
+            Err(e) => {
+                return Err(Error::Format {
+                    path: path.to_path_buf(),
+                    message: format!("line {}: not a history record: {e}", i + 1),
+                });
+            }
+        };
+        let at = match &r {
+            Record::Step { step, .. } | Record::Validation { step, .. } => *step,
+        };
+        if at <= step {
+            kept.push(r);
+        }
+    }
+    Ok(kept)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -896,4 +933,51 @@ fn first_hits(rr: &crate::retrieval::RetrievalResults) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (pos, neg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_file_reads_back_up_to_a_step() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("metrics.jsonl");
+        let step = |n: usize, loss: &str| {
+            format!(
+                r#"{{"kind":"step","epoch":0,"step":{n},"loss":{loss},"lr":0.1,"logs":{{}},"seconds":1.0}}"#
+            )
+        };
+        let val =
+            r#"{"kind":"validation","epoch":0,"step":2,"metrics":{},"pos_dist":[],"neg_dist":[]}"#;
+        // A NaN loss (written as null), a validation, a later step, and a torn last line.
+        let text = [
+            step(1, "0.5"),
+            step(2, "null"),
+            val.into(),
+            step(3, "0.4"),
+            "{\"kind\":\"st".into(),
+        ]
+        .join("\n");
+        std::fs::write(&path, text).expect("write");
+        let kept = read_history(&path, 2).expect("read");
+        assert_eq!(kept.len(), 3);
+        assert!(matches!(kept[1], Record::Step { loss, .. } if loss.is_nan()));
+        assert!(matches!(kept[2], Record::Validation { step: 2, .. }));
+        // An unreadable line before the last is an error naming it.
+        std::fs::write(
+            &path,
+            format!("{}\nnot json\n{}", step(1, "0.5"), step(2, "0.4")),
+        )
+        .expect("write");
+        let e = read_history(&path, 2)
+            .expect_err("a broken line")
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("metrics.jsonl"), "{e}");
+        assert!(
+            read_history(&dir.path().join("none.jsonl"), 2)
+                .expect("no file")
+                .is_empty()
+        );
+    }
 }

@@ -79,6 +79,16 @@ impl OptimizerKind {
         }
     }
 
+    /// The same rule with its momentum (Adam's beta1, SGD's momentum) set to `m`.
+    pub fn with_momentum(self, m: f64) -> OptimizerKind {
+        let mut k = self;
+        match &mut k {
+            OptimizerKind::Adamw { betas, .. } | OptimizerKind::Adam { betas, .. } => betas.0 = m,
+            OptimizerKind::Sgd { momentum, .. } => *momentum = m,
+        }
+        k
+    }
+
     /// Checks the hyper-parameters.
     pub fn validate(&self) -> Result<()> {
         let lr = self.lr();
@@ -212,50 +222,9 @@ impl Optimizer {
     /// One update with learning rate `lr` (times each group's scale); gradients are scaled by
     /// `grad_scale` first (clipping).
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
-        let kind = match (self.kind, self.momentum) {
-            (
-                OptimizerKind::Adamw {
-                    lr,
-                    weight_decay,
-                    betas,
-                    eps,
-                },
-                Some(m),
-            ) => OptimizerKind::Adamw {
-                lr,
-                weight_decay,
-                betas: (m, betas.1),
-                eps,
-            },
-            (
-                OptimizerKind::Adam {
-                    lr,
-                    weight_decay,
-                    betas,
-                    eps,
-                },
-                Some(m),
-            ) => OptimizerKind::Adam {
-                lr,
-                weight_decay,
-                betas: (m, betas.1),
-                eps,
-            },
-            (
-                OptimizerKind::Sgd {
-                    lr,
-                    nesterov,
-                    weight_decay,
-                    ..
-                },
-                Some(m),
-            ) => OptimizerKind::Sgd {
-                lr,
-                momentum: m,
-                nesterov,
-                weight_decay,
-            },
-            (k, None) => k,
+        let kind = match self.momentum {
+            Some(m) => self.kind.with_momentum(m),
+            None => self.kind,
         };
         for group in self.groups.iter().filter(|g| !g.frozen) {
             let lr = lr * group.lr_scale;
@@ -552,6 +521,38 @@ impl Default for Schedule {
 }
 
 impl Schedule {
+    /// Checks the parameters (as torch's schedulers do when built).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Schedule::Step { step_size: 0, .. } => {
+                Err(Error::param("scheduler.step_size", 0, "at least 1"))
+            }
+            Schedule::Cosine { min_lr_ratio, .. } if !(0.0..=1.0).contains(min_lr_ratio) => Err(
+                Error::param("scheduler.min_lr_ratio", min_lr_ratio, "in [0, 1]"),
+            ),
+            Schedule::OneCycle {
+                pct_start,
+                base_momentum,
+                max_momentum,
+                ..
+            } => {
+                if !(*pct_start > 0.0 && *pct_start <= 1.0) {
+                    return Err(Error::param("scheduler.pct_start", pct_start, "in (0, 1]"));
+                }
+                let momentum = 0.0..1.0;
+                if !momentum.contains(base_momentum) || !momentum.contains(max_momentum) {
+                    return Err(Error::param(
+                        "scheduler.base_momentum/max_momentum",
+                        format!("{base_momentum}/{max_momentum}"),
+                        "both in [0, 1) (Adam's beta1 and SGD's momentum must stay below 1)",
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The factor on the base rate at `step` (0-based) of `total` steps.
     pub fn factor(&self, step: usize, total: usize) -> f64 {
         let warm = |w: usize| -> f64 {
