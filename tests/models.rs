@@ -716,23 +716,26 @@ fn mixed_precision_runs_every_family_close_to_f32_with_f32_gradients() {
     let fx = fixture();
     type Build = Box<dyn Fn(&VarMap) -> Box<dyn Extractor>>;
     let mut cases: Vec<(String, Build, Tensor, bool)> = Vec::new();
+    // A builder of the network in a file, its weights as variables of the given VarMap.
+    fn trainable<E: Extractor + 'static>(
+        family: Family,
+        path: PathBuf,
+        build: impl Fn(candle_nn::VarBuilder) -> oml::Result<E> + 'static,
+    ) -> Build {
+        Box::new(move |vm: &VarMap| -> Box<dyn Extractor> {
+            Box::new(
+                oml::models::load_with(family, &path, &Device::Cpu, Some(vm), &build)
+                    .expect("trainable"),
+            )
+        })
+    }
     for name in ["vit_dino_small", "vit_dinov2_small", "vit_dinov2_reg_small"] {
         let m = model(&fx, name).clone();
         let cfg = vit_cfg(&m);
-        let path = weights_path(&m);
-        cases.push((
-            name.into(),
-            Box::new(move |vm: &VarMap| -> Box<dyn Extractor> {
-                Box::new(
-                    oml::models::load_with(Family::Vit, &path, &Device::Cpu, Some(vm), |vb| {
-                        ViTExtractor::new(&cfg, vb)
-                    })
-                    .expect("vit"),
-                )
-            }),
-            input(&fx, "x56"),
-            false,
-        ));
+        let build = trainable(Family::Vit, weights_path(&m), move |vb| {
+            ViTExtractor::new(&cfg, vb)
+        });
+        cases.push((name.into(), build, input(&fx, "x56"), false));
     }
     for (name, gem) in [
         ("resnet_basic_small", Some(5.0)),
@@ -741,20 +744,10 @@ fn mixed_precision_runs_every_family_close_to_f32_with_f32_gradients() {
         let m = model(&fx, name).clone();
         let mut cfg = small_resnet_cfg(&m);
         cfg.gem_p = gem;
-        let path = weights_path(&m);
-        cases.push((
-            name.into(),
-            Box::new(move |vm: &VarMap| -> Box<dyn Extractor> {
-                Box::new(
-                    oml::models::load_with(Family::Resnet, &path, &Device::Cpu, Some(vm), |vb| {
-                        ResNetExtractor::new(&cfg, vb)
-                    })
-                    .expect("resnet"),
-                )
-            }),
-            input(&fx, "x64"),
-            true,
-        ));
+        let build = trainable(Family::Resnet, weights_path(&m), move |vb| {
+            ResNetExtractor::new(&cfg, vb)
+        });
+        cases.push((name.into(), build, input(&fx, "x64"), true));
     }
     {
         let m = model(&fx, "vit_clip_small").clone();
