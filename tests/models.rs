@@ -202,6 +202,21 @@ fn small_resnet_cfg(model: &Value) -> oml::models::ResNetConfig {
     }
 }
 
+/// The small CLIP tower's configuration from its fixture entry, at 64 px.
+fn clip_cfg(model: &Value, normalise: bool) -> oml::models::ClipConfig {
+    let c = &model["config"];
+    let get = |k: &str| c[k].as_u64().expect(k) as usize;
+    oml::models::ClipConfig {
+        patch_size: get("patch_size"),
+        width: get("width"),
+        layers: get("layers"),
+        heads: get("heads"),
+        output_dim: get("output_dim"),
+        input_resolution: 64,
+        normalise,
+    }
+}
+
 fn weights_path(model: &Value) -> PathBuf {
     repo().join(model["weights"]["file"].as_str().expect("file"))
 }
@@ -252,17 +267,7 @@ fn small_clip_matches_oml_and_refuses_other_sizes() {
     use oml::models::{ClipConfig, ClipVisual, Family};
     let fx = fixture();
     let m = model(&fx, "vit_clip_small");
-    let c = &m["config"];
-    let get = |k: &str| c[k].as_u64().expect(k) as usize;
-    let mut cfg = ClipConfig {
-        patch_size: get("patch_size"),
-        width: get("width"),
-        layers: get("layers"),
-        heads: get("heads"),
-        output_dim: get("output_dim"),
-        input_resolution: 64,
-        normalise: false,
-    };
+    let mut cfg = clip_cfg(m, false);
     let path = weights_path(m);
     let load = |cfg: &ClipConfig| {
         oml::models::load_with(Family::Clip, &path, &Device::Cpu, None, |vb| {
@@ -604,7 +609,7 @@ fn vit_cfg(model: &Value) -> ViTConfig {
 
 #[test]
 fn hugging_face_transformers_layouts_give_oml_outputs_at_every_size() {
-    use oml::models::{ClipConfig, ClipVisual};
+    use oml::models::ClipVisual;
     let fx = fixture();
     let dir = repo().join("tests/data/extractors");
     let mut checked = 0;
@@ -627,17 +632,7 @@ fn hugging_face_transformers_layouts_give_oml_outputs_at_every_size() {
         }
     }
     let m = model(&fx, "vit_clip_small");
-    let c = &m["config"];
-    let get = |k: &str| c[k].as_u64().expect(k) as usize;
-    let cfg = ClipConfig {
-        patch_size: get("patch_size"),
-        width: get("width"),
-        layers: get("layers"),
-        heads: get("heads"),
-        output_dim: get("output_dim"),
-        input_resolution: 64,
-        normalise: false,
-    };
+    let cfg = clip_cfg(m, false);
     let clip = oml::models::load_with(
         oml::models::Family::Clip,
         &dir.join("vit_clip_small_hf.safetensors"),
@@ -710,9 +705,7 @@ fn pytorch_checkpoints_load_with_oml_rules_and_broken_ones_are_named() {
 fn mixed_precision_runs_every_family_close_to_f32_with_f32_gradients() {
     use candle_core::DType;
     use candle_nn::VarMap;
-    use oml::models::{
-        Autocast, ClipConfig, ClipVisual, Extractor, ExtractorWithMLP, Family, ResNetExtractor,
-    };
+    use oml::models::{Autocast, ClipVisual, Extractor, ExtractorWithMLP, Family, ResNetExtractor};
     let fx = fixture();
     type Build = Box<dyn Fn(&VarMap) -> Box<dyn Extractor>>;
     let mut cases: Vec<(String, Build, Tensor, bool)> = Vec::new();
@@ -751,17 +744,7 @@ fn mixed_precision_runs_every_family_close_to_f32_with_f32_gradients() {
     }
     {
         let m = model(&fx, "vit_clip_small").clone();
-        let c = m["config"].clone();
-        let get = move |k: &str| c[k].as_u64().expect(k) as usize;
-        let cfg = ClipConfig {
-            patch_size: get("patch_size"),
-            width: get("width"),
-            layers: get("layers"),
-            heads: get("heads"),
-            output_dim: get("output_dim"),
-            input_resolution: 64,
-            normalise: true,
-        };
+        let cfg = clip_cfg(&m, true);
         let path = weights_path(&m);
         cases.push((
             "vit_clip_small + MLP head".into(),
