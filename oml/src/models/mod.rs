@@ -374,47 +374,46 @@ pub fn load(
     let family = spec.check()?;
     let raw = weights::read_state_dict(path, device)?;
     let tensors = prepare(spec, family, raw)?;
-    if !spec.mlp.is_empty() && !tensors.keys().any(|k| k.starts_with("projection.")) {
-        // A backbone file (a zoo model, a plain checkpoint) and a head asked for.
-        let Some(vm) = varmap else {
-            return Err(Error::Format {
-                path: path.to_path_buf(),
-                message: format!(
-                    "no MLP head (projection.*) for mlp {:?}: fine-tune one first (oml train \
-                     starts a fresh head on this backbone), or leave mlp out",
-                    spec.mlp
-                ),
-            });
-        };
-        // OML's ExtractorWithMLP on a pretrained extractor: the backbone from the file, a
-        // freshly initialised head.
-        let plain = ModelSpec {
-            mlp: Vec::new(),
-            normalise: false,
-            ..spec.clone()
-        };
-        let what = format!("{} network", spec.arch);
-        let backbone = weights::build_checked(
-            tensors,
-            device,
-            Some(vm),
-            &|k| family.ignorable(k),
-            &what,
-            path,
-            |vb| plain.build(vb),
-        )?;
-        return spec.with_head(backbone, VarBuilder::from_varmap(vm, DType::F32, device));
+    // A backbone file (a zoo model, a plain checkpoint) with a head asked for: fine-tuning starts a
+    // fresh head on it (OML's ExtractorWithMLP on a pretrained extractor).
+    let fresh_head = !spec.mlp.is_empty() && !tensors.keys().any(|k| k.starts_with("projection."));
+    if fresh_head && varmap.is_none() {
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            message: format!(
+                "no MLP head (projection.*) for mlp {:?}: fine-tune one first (oml train \
+                 starts a fresh head on this backbone), or leave mlp out",
+                spec.mlp
+            ),
+        });
     }
+    let plain = ModelSpec {
+        mlp: Vec::new(),
+        normalise: false,
+        ..spec.clone()
+    };
     let what = format!("{} network", spec.arch);
-    weights::build_checked(
+    let net = weights::build_checked(
         tensors,
         device,
         varmap,
         &|k| family.ignorable(k),
         &what,
         path,
-        |vb| spec.build(vb),
-    )
+        |vb| {
+            if fresh_head {
+                plain.build(vb)
+            } else {
+                spec.build(vb)
+            }
+        },
+    )?;
+    match varmap {
+        Some(vm) if fresh_head => {
+            spec.with_head(net, VarBuilder::from_varmap(vm, DType::F32, device))
+        }
+        _ => Ok(net),
+    }
 }
 
 /// Builds any network of `family` from a weights file with the same rules as [`load`], for
