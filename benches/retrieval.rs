@@ -61,7 +61,7 @@ fn case_10k() {
     let mut times = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let rr = RetrievalResults::from_embeddings(&e, &info, &search).expect("retrieval");
+        let rr = RetrievalResults::from_embeddings_with(&e, &info, &search).expect("retrieval");
         let knn = t.elapsed().as_secs_f64();
         let metrics = compute_metrics(&rr, &config).expect("metrics");
         let total = t.elapsed().as_secs_f64();

@@ -382,7 +382,8 @@ fn datasets_read_the_csv_once_and_remap_labels() {
     assert_eq!(val.labels(), vec![2, 2, 3, 3]);
     assert_eq!(val.query_ids(), vec![0, 2, 3]);
     assert_eq!(val.gallery_ids(), vec![0, 1, 2, 3]);
-    assert_eq!(val.row(0), 4);
+    assert_eq!(val.row(0), Some(4));
+    assert_eq!(val.row(val.len()), None);
     assert!(val.image_path(0).ends_with("img/4.png"));
 
     let predict = fx.root().join("predict.csv");

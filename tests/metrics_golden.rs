@@ -245,7 +245,7 @@ fn knn_cases_match_oml() {
                 categories: None,
                 sequences: strings(&case["sequence_ids"]),
             };
-            RetrievalResults::from_embeddings(&e, &info, &config).expect("knn")
+            RetrievalResults::from_embeddings_with(&e, &info, &config).expect("knn")
         } else {
             let lq: Option<Vec<i64>> = case["labels_query"]
                 .as_array()
@@ -273,19 +273,19 @@ fn knn_cases_match_oml() {
         for q in 0..rr.n_queries() {
             let what = format!("{name} query {q}");
             compare_retrieved(
-                rr.retrieved_ids(q),
+                rr.retrieved_ids(q).expect("query"),
                 &expected[q],
                 case["tie_groups"].get(q),
                 &what,
             );
-            compare_distances(rr.distances(q), &exact[q], &what);
+            compare_distances(rr.distances(q).expect("query"), &exact[q], &what);
         }
         match case["gt_ids"].as_array() {
             Some(_) => {
                 let gt = lists(&case["gt_ids"]);
                 for (q, g) in gt.iter().enumerate() {
-                    assert_eq!(&rr.gt_ids(q), g, "{name} gt of query {q}");
-                    assert_eq!(rr.n_gt(q), g.len());
+                    assert_eq!(&rr.gt_ids(q).expect("query"), g, "{name} gt of query {q}");
+                    assert_eq!(rr.n_gt(q).expect("query"), g.len());
                 }
             }
             None => assert!(!rr.has_ground_truth(), "{name}: no labels, no ground truth"),
@@ -319,7 +319,12 @@ fn fnmr_cases_match_oml() {
             .expect("rr");
             let (mut pos, mut neg) = (Vec::new(), Vec::new());
             for q in 0..rr.n_queries() {
-                for (&g, &d) in rr.retrieved_ids(q).iter().zip(rr.distances(q)) {
+                for (&g, &d) in rr
+                    .retrieved_ids(q)
+                    .expect("query")
+                    .iter()
+                    .zip(rr.distances(q).expect("query"))
+                {
                     if rr.is_gt(q, g) {
                         pos.push(d)
                     } else {
@@ -395,7 +400,11 @@ fn thresholding_cases_match_oml() {
         for (q, g) in lists(&expected["gt_ids"]).iter().enumerate() {
             let mut g = g.clone();
             g.sort_unstable();
-            assert_eq!(out.gt_ids(q), g, "{name}: ground truths kept");
+            assert_eq!(
+                out.gt_ids(q).expect("query"),
+                g,
+                "{name}: ground truths kept"
+            );
         }
     }
 }
@@ -430,7 +439,7 @@ fn run_embedding_case(case: &Value, top_n_key: &str) -> (RetrievalResults, oml::
     let metrics = evaluate(&e, &info, &config_of(case), &search)
         .expect("evaluate")
         .1;
-    let rr = RetrievalResults::from_embeddings(&e, &info, &search).expect("retrieval");
+    let rr = RetrievalResults::from_embeddings_with(&e, &info, &search).expect("retrieval");
     (rr, metrics)
 }
 
@@ -445,15 +454,17 @@ fn embedding_metrics_cases_match_oml() {
         let expected = lists(&case["retrieved_ids"]);
         let exact = float_lists(&case["distances_f64"]);
         for q in 0..rr.n_queries() {
-            let n = expected[q].len().min(rr.retrieved_ids(q).len());
+            let n = expected[q]
+                .len()
+                .min(rr.retrieved_ids(q).expect("query").len());
             let what = format!("{name} query {q}");
             compare_retrieved(
-                &rr.retrieved_ids(q)[..n],
+                &rr.retrieved_ids(q).expect("query")[..n],
                 &expected[q][..n],
                 case["tie_groups"].get(q),
                 &what,
             );
-            compare_distances(&rr.distances(q)[..n], &exact[q][..n], &what);
+            compare_distances(&rr.distances(q).expect("query")[..n], &exact[q][..n], &what);
         }
         compare_metrics(&metrics, &case["metrics"], true, name);
     }
@@ -501,7 +512,7 @@ fn blocks_do_not_change_results() {
             gallery_block: gb,
             ..SearchConfig::default()
         };
-        RetrievalResults::from_embeddings(&e, &info, &c).expect("rr")
+        RetrievalResults::from_embeddings_with(&e, &info, &c).expect("rr")
     };
     let a = run(1024, 4096);
     // Matrix products over other block shapes may round differently in the last bit: ids must
@@ -509,15 +520,18 @@ fn blocks_do_not_change_results() {
     for (qb, gb) in [(1, 1), (7, 13), (64, 5)] {
         let b = run(qb, gb);
         for q in 0..a.n_queries() {
-            let (da, db) = (a.distances(q), b.distances(q));
+            let (da, db) = (
+                a.distances(q).expect("query"),
+                b.distances(q).expect("query"),
+            );
             for i in 0..da.len() {
                 assert!((da[i] - db[i]).abs() < 1e-5, "blocks {qb}x{gb}: query {q}");
                 let near_tie = (i > 0 && da[i] - da[i - 1] < 1e-5)
                     || (i + 1 < da.len() && da[i + 1] - da[i] < 1e-5);
                 if !near_tie {
                     assert_eq!(
-                        a.retrieved_ids(q)[i],
-                        b.retrieved_ids(q)[i],
+                        a.retrieved_ids(q).expect("query")[i],
+                        b.retrieved_ids(q).expect("query")[i],
                         "blocks {qb}x{gb}: query {q}"
                     );
                 }

@@ -32,15 +32,18 @@ fn grid_colours_follow_the_ground_truth() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ds = ImageQueryGalleryLabeledDataset::from_csv(dataset(dir.path()), None).expect("dataset");
     let info = QueryGalleryInfo::from_dataset(&ds);
-    let rr = RetrievalResults::from_embeddings(&embeddings(), &info, &SearchConfig::default())
+    let rr = RetrievalResults::from_embeddings_with(&embeddings(), &info, &SearchConfig::default())
         .expect("rr");
     assert_eq!(
-        rr.retrieved_ids(0),
+        rr.retrieved_ids(0).expect("query"),
         &[3, 1, 2, 4, 5],
         "nearest first, never itself"
     );
-    assert_eq!(rr.hits(0), vec![false, true, true, false, false]);
-    assert_eq!(rr.gt_ids(0), vec![1, 2]);
+    assert_eq!(
+        rr.hits(0).expect("query"),
+        vec![false, true, true, false, false]
+    );
+    assert_eq!(rr.gt_ids(0).expect("query"), vec![1, 2]);
     let grid = retrieval_grid(&rr, &ds, &[0, 4], 3, 2, 16).expect("grid");
     assert_eq!(grid.rows.len(), 2);
     // Query, 3 results, 2 ground truths.
@@ -207,11 +210,15 @@ fn cosine_distance_is_one_minus_cosine_and_scale_free() {
         distance: "cosine".parse().expect("distance"),
         ..SearchConfig::default()
     };
-    let rr = RetrievalResults::from_embeddings(&e, &info, &config).expect("rr");
-    assert_eq!(rr.retrieved_ids(0), &[0, 1, 2]);
+    let rr = RetrievalResults::from_embeddings_with(&e, &info, &config).expect("rr");
+    assert_eq!(rr.retrieved_ids(0).expect("query"), &[0, 1, 2]);
     let expected = [1.0 - 0.866_f32, 1.0, 2.0];
-    for (d, x) in rr.distances(0).iter().zip(expected) {
-        assert!((d - x).abs() < 1e-3, "{:?}", rr.distances(0));
+    for (d, x) in rr.distances(0).expect("query").iter().zip(expected) {
+        assert!(
+            (d - x).abs() < 1e-3,
+            "{:?}",
+            rr.distances(0).expect("query")
+        );
     }
     let fnmr = oml::metrics::fnmr::fnmr_at_fmr(&e, &info, &config, &[0.5]).expect("fnmr");
     assert_eq!((fnmr.positives, fnmr.negatives), (1, 2));

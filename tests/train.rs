@@ -6,18 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
-use candle_nn::VarMap;
-use oml::Precision;
 use oml::data::{
     GlyphsConfig, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, SampleTable, Split,
     Transform,
 };
-use oml::losses::{
-    AllTripletsMiner, HardTripletsMiner, MinerWithBank, NHardTripletsMiner, NRange,
-    TripletLossWithMiner, TripletMiner, TripletMinerWithMemory,
-};
-use oml::models::{Family, ViTConfig, ViTExtractor};
+use oml::losses::NRange;
+use oml::models::{ModelSpec, NetworkConfig, ViTConfig};
+use oml::samplers::SamplerConfig;
 use oml::train::{Ending, FitConfig, OptimizerKind, Record, Schedule, Trainer};
+use oml::{Loss, Miner, Model, Precision};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -45,7 +42,8 @@ fn glyphs(dir: &Path) -> Arc<SampleTable> {
     )
 }
 
-fn tiny_vit(vm: &VarMap) -> ViTExtractor {
+/// The small DINO ViT of the extractor fixtures, as a model with a 32-pixel transform.
+fn tiny_vit(precision: Precision) -> Model {
     let cfg = ViTConfig {
         patch_size: 16,
         embed_dim: 32,
@@ -59,14 +57,13 @@ fn tiny_vit(vm: &VarMap) -> ViTExtractor {
         normalise: false,
         multi_scale: false,
     };
-    oml::models::load_with(
-        Family::Vit,
-        &repo().join("tests/data/extractors/vit_dino_small.safetensors"),
-        &Device::Cpu,
-        Some(vm),
-        |vb| ViTExtractor::new(&cfg, vb),
+    Model::from_spec(
+        ModelSpec::custom("tiny_vit", NetworkConfig::Vit(cfg)),
+        repo().join("tests/data/extractors/vit_dino_small.safetensors"),
     )
     .expect("vit")
+    .with_transform(Transform::preset("norm_resize_torch", 32).expect("t"))
+    .with_precision(precision)
 }
 
 fn trainer(table: &Arc<SampleTable>, logs: Option<PathBuf>, lr: f64, epochs: usize) -> Trainer {
@@ -80,14 +77,7 @@ fn trainer_in(
     epochs: usize,
     precision: Precision,
 ) -> Trainer {
-    trainer_with(
-        table,
-        logs,
-        lr,
-        epochs,
-        precision,
-        Box::new(HardTripletsMiner),
-    )
+    trainer_with(table, logs, lr, epochs, precision, Miner::HardTriplets)
 }
 
 fn trainer_with(
@@ -96,23 +86,15 @@ fn trainer_with(
     lr: f64,
     epochs: usize,
     precision: Precision,
-    miner: Box<dyn TripletMiner>,
+    miner: Miner,
 ) -> Trainer {
-    let vm = VarMap::new();
-    let model = tiny_vit(&vm);
     let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
     let val = ImageQueryGalleryLabeledDataset::from_table(table.clone()).expect("val");
     let cfg = FitConfig {
         seed: 3,
         max_epochs: epochs,
-        n_labels: 4,
-        n_instances: 2,
-        optimizer: OptimizerKind::Adamw {
-            lr,
-            weight_decay: 0.01,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-        },
+        sampler: SamplerConfig::balance(4, 2),
+        optimizer: OptimizerKind::adamw(lr),
         scheduler: Schedule::Cosine {
             warmup_steps: 2,
             min_lr_ratio: 0.1,
@@ -120,22 +102,14 @@ fn trainer_with(
         clip_grad_norm: Some(10.0),
         log_every_steps: 1000,
         logs_dir: logs,
-        precision,
         ..FitConfig::default()
     };
-    let loss = TripletLossWithMiner::new(Some(0.2), Some(miner), Default::default()).expect("loss");
-    Trainer::new(
-        Box::new(model),
-        vm,
-        Box::new(loss),
-        VarMap::new(),
-        train,
-        Transform::preset("augs_torch", 32).expect("t"),
-        Some((val, Transform::preset("norm_resize_torch", 32).expect("t"))),
-        Device::Cpu,
-        cfg,
-    )
-    .expect("trainer")
+    Trainer::builder(tiny_vit(precision), &train, Loss::triplet(0.2, miner))
+        .config(cfg)
+        .train_transform(Transform::preset("augs_torch", 32).expect("t"))
+        .validate(&val)
+        .build()
+        .expect("trainer")
 }
 
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
@@ -154,11 +128,11 @@ fn a_short_run_lowers_the_loss_and_writes_its_outputs() {
     let data = tempfile::tempdir().expect("tmp");
     let table = glyphs(data.path());
     let logs = data.path().join("run");
-    let mut t = trainer(&table, Some(logs.clone()), 1e-3, 3);
+    let t = trainer(&table, Some(logs.clone()), 1e-3, 3);
     let report = t.fit().expect("fit");
     assert_eq!(report.ending, Ending::Completed);
     assert_eq!(report.epochs, 3);
-    let history = t.history().lock().expect("lock").clone();
+    let history = t.history().0;
     let losses: Vec<f64> = history
         .iter()
         .filter_map(|r| match r {
@@ -201,12 +175,12 @@ fn a_resumed_run_ends_with_the_same_weights_as_one_that_ran_through() {
     let data = tempfile::tempdir().expect("tmp");
     let table = glyphs(data.path());
     let straight = data.path().join("straight");
-    let mut through = trainer(&table, Some(straight.clone()), 1e-3, 2);
+    let through = trainer(&table, Some(straight.clone()), 1e-3, 2);
     through.fit().expect("fit");
 
     let resumed = data.path().join("resumed");
-    let mut first = trainer(&table, Some(resumed.clone()), 1e-3, 2);
-    first.set_budget(Some(5), None);
+    let first = trainer(&table, Some(resumed.clone()), 1e-3, 2);
+    first.set_max_steps(Some(5));
     let r = first.fit().expect("first part");
     assert_eq!(r.ending, Ending::StepBudget);
     assert_eq!(r.steps, 5);
@@ -217,7 +191,7 @@ fn a_resumed_run_ends_with_the_same_weights_as_one_that_ran_through() {
     jsonl += r#"{"kind":"step","epoch":1,"step":6,"loss":99.0,"lr":0.001,"logs":{},"seconds":1.0}"#;
     jsonl.push('\n');
     std::fs::write(resumed.join("metrics.jsonl"), jsonl).expect("write");
-    let mut second = trainer(&table, Some(resumed.clone()), 1e-3, 2);
+    let second = trainer(&table, Some(resumed.clone()), 1e-3, 2);
     second.resume(&resumed).expect("resume");
     assert_eq!(second.steps(), 5);
     let r = second.fit().expect("second part");
@@ -230,14 +204,14 @@ fn a_resumed_run_ends_with_the_same_weights_as_one_that_ran_through() {
         assert!((la - lb).abs() <= 1e-12 * lb.abs(), "{la} vs {lb}");
     }
     assert_eq!(
-        second.history().lock().expect("lock").len(),
-        through.history().lock().expect("lock").len()
+        second.history().records().len(),
+        through.history().records().len()
     );
     let lines = std::fs::read_to_string(resumed.join("metrics.jsonl"))
         .expect("jsonl")
         .lines()
         .count();
-    assert_eq!(lines, second.history().lock().expect("lock").len());
+    assert_eq!(lines, second.history().records().len());
     let (a, b) = (weights(&straight), weights(&resumed));
     assert_eq!(a.len(), b.len());
     for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
@@ -252,24 +226,28 @@ fn a_resumed_run_ends_with_the_same_weights_as_one_that_ran_through() {
 fn resuming_restores_the_miners_memory() {
     let data = tempfile::tempdir().expect("tmp");
     let table = glyphs(data.path());
-    type MakeMiner = fn() -> Box<dyn TripletMiner>;
-    let miners: [(&str, MakeMiner); 3] = [
-        ("bank", || {
-            Box::new(
-                MinerWithBank::new(
-                    2,
-                    NHardTripletsMiner {
-                        n_positive: NRange::First(1),
-                        n_negative: NRange::First(2),
-                    },
-                )
-                .expect("miner"),
-            )
-        }),
-        ("memory", || {
-            Box::new(TripletMinerWithMemory::new(2, 3, 5).expect("miner"))
-        }),
-        ("capped", || Box::new(AllTripletsMiner::new(Some(12), 5))),
+    let miners = [
+        (
+            "bank",
+            Miner::MinerWithBank {
+                bank_size_in_batches: 2,
+                n_positive: NRange::First(1),
+                n_negative: NRange::First(2),
+            },
+        ),
+        (
+            "memory",
+            Miner::TripletMinerWithMemory {
+                bank_size_in_batches: 2,
+                tri_expand_k: 3,
+            },
+        ),
+        (
+            "capped",
+            Miner::AllTriplets {
+                max_output_triplets: Some(12),
+            },
+        ),
     ];
     for (name, miner) in miners {
         let straight = data.path().join(format!("{name}_straight"));
@@ -280,16 +258,16 @@ fn resuming_restores_the_miners_memory() {
                 1e-3,
                 2,
                 Precision::F32,
-                miner(),
+                miner.clone(),
             )
         };
         run(&straight).fit().expect("fit");
         let resumed = data.path().join(format!("{name}_resumed"));
-        let mut first = run(&resumed);
-        first.set_budget(Some(5), None);
+        let first = run(&resumed);
+        first.set_max_steps(Some(5));
         assert_eq!(first.fit().expect("first part").ending, Ending::StepBudget);
         drop(first);
-        let mut second = run(&resumed);
+        let second = run(&resumed);
         second.resume(&resumed).expect("resume");
         second.fit().expect("second part");
         let (a, b) = (weights(&straight), weights(&resumed));
@@ -299,18 +277,13 @@ fn resuming_restores_the_miners_memory() {
         }
     }
     // A bank saved with another size is refused by name, not written out of range.
-    let other = Box::new(
-        MinerWithBank::new(
-            3,
-            NHardTripletsMiner {
-                n_positive: NRange::First(1),
-                n_negative: NRange::First(2),
-            },
-        )
-        .expect("miner"),
-    );
+    let other = Miner::MinerWithBank {
+        bank_size_in_batches: 3,
+        n_positive: NRange::First(1),
+        n_negative: NRange::First(2),
+    };
     let dir = data.path().join("bank_resumed");
-    let mut t = trainer_with(&table, Some(dir.clone()), 1e-3, 2, Precision::F32, other);
+    let t = trainer_with(&table, Some(dir.clone()), 1e-3, 2, Precision::F32, other);
     let e = t.resume(&dir).expect_err("another bank size").to_string();
     assert!(
         e.contains("MinerWithBank") && e.contains("does not fit"),
@@ -323,22 +296,21 @@ fn a_nan_loss_stops_with_the_step_and_the_stop_handle_and_time_budget_end_runs()
     let data = tempfile::tempdir().expect("tmp");
     let table = glyphs(data.path());
     let logs = data.path().join("nan");
-    let mut t = trainer(&table, Some(logs.clone()), 1e30, 2);
-    t.set_budget(Some(50), None);
+    let t = trainer(&table, Some(logs.clone()), 1e30, 2);
+    t.set_max_steps(Some(50));
     let e = t.fit().expect_err("diverges").to_string();
     assert!(e.contains("at step") && e.contains("learning rate"), "{e}");
 
-    let mut t = trainer(&table, None, 1e-3, 50);
-    t.stop_handle()
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let t = trainer(&table, None, 1e-3, 50);
+    t.stop();
     assert_eq!(t.fit().expect("fit").ending, Ending::Stopped);
     // The stop was consumed: the next fit trains (here up to a step budget).
-    t.set_budget(Some(2), None);
+    t.set_max_steps(Some(2));
     let r = t.fit().expect("fit");
     assert_eq!((r.ending, r.steps), (Ending::StepBudget, 2));
 
-    let mut t = trainer(&table, None, 1e-3, 500);
-    t.set_budget(None, Some(1.0));
+    let t = trainer(&table, None, 1e-3, 500);
+    t.set_max_seconds(Some(1.0)).expect("budget");
     let r = t.fit().expect("fit");
     assert_eq!(r.ending, Ending::TimeBudget);
     assert!(r.seconds < 20.0, "{}", r.seconds);
@@ -414,15 +386,14 @@ fn configs_are_checked_before_any_work_with_the_key_named() {
         Some(data.path()),
     )
     .expect("overrides");
-    assert_eq!(c.max_epochs, 2);
-    assert_eq!(c.fit_config().precision, Precision::F16);
-    assert!((c.optimizer.lr() - 0.5).abs() < 1e-12);
+    assert_eq!(c.fit.max_epochs, 2);
+    assert_eq!(c.precision, Precision::F16);
+    assert!((c.fit.optimizer.lr() - 0.5).abs() < 1e-12);
 }
 
 fn steps(t: &Trainer) -> Vec<(f64, std::collections::BTreeMap<String, f64>)> {
     t.history()
-        .lock()
-        .expect("lock")
+        .records()
         .iter()
         .filter_map(|r| match r {
             Record::Step { loss, logs, .. } => Some((*loss, logs.clone())),
@@ -436,8 +407,8 @@ fn mixed_precision_follows_f32_and_f16_skips_overflowed_steps_and_resumes_its_sc
     let data = tempfile::tempdir().expect("tmp");
     let table = glyphs(data.path());
     let run = |precision: Precision, logs: Option<PathBuf>, n: usize| {
-        let mut t = trainer_in(&table, logs, 1e-3, 2, precision);
-        t.set_budget(Some(n), None);
+        let t = trainer_in(&table, logs, 1e-3, 2, precision);
+        t.set_max_steps(Some(n));
         assert_eq!(t.fit().expect("fit").ending, Ending::StepBudget);
         t
     };
@@ -477,9 +448,9 @@ fn mixed_precision_follows_f32_and_f16_skips_overflowed_steps_and_resumes_its_sc
     assert_eq!(state["grad_scaler"]["good_steps"], 2);
     state["grad_scaler"]["scale"] = serde_json::json!(1e30);
     std::fs::write(&state_path, state.to_string()).expect("write state");
-    let mut t = trainer_in(&table, Some(dir.clone()), 1e-3, 2, Precision::F16);
+    let t = trainer_in(&table, Some(dir.clone()), 1e-3, 2, Precision::F16);
     t.resume(&dir).expect("resume");
-    t.set_budget(Some(3), None);
+    t.set_max_steps(Some(3));
     t.fit().expect("fit");
     let s = steps(&t);
     let (loss, logs) = s.last().expect("a step");
@@ -513,9 +484,9 @@ fn mixed_precision_follows_f32_and_f16_skips_overflowed_steps_and_resumes_its_sc
             .collect()
     };
     let edited = bits(&dir);
-    let mut t = trainer_in(&table, Some(dir.clone()), 1e-3, 2, Precision::F16);
+    let t = trainer_in(&table, Some(dir.clone()), 1e-3, 2, Precision::F16);
     t.resume(&dir).expect("resume");
-    t.set_budget(Some(4), None);
+    t.set_max_steps(Some(4));
     t.fit()
         .expect("a non-finite forward pass under f16 is skipped, not an error");
     let s = steps(&t);

@@ -21,6 +21,7 @@ fn hub(cache: &Path, endpoint: &str) -> Hub {
         offline: false,
         timeout: Duration::from_secs(2),
         token: None,
+        local_dir: None,
     }
 }
 
@@ -259,12 +260,10 @@ fn a_download_lands_in_the_hub_cache_verified_and_a_corrupt_one_is_removed() {
 }
 
 #[test]
-fn load_pretrained_names_unknown_models_and_unsupported_ones() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let h = hub(dir.path(), "http://127.0.0.1:9");
-    let e = zoo::load_pretrained("resnet51", &h, &candle_core::Device::Cpu)
-        .err()
-        .expect("unknown")
+fn from_pretrained_names_unknown_models_and_unsupported_ones() {
+    // Both are refused before any file or network is looked at.
+    let e = oml::Model::from_pretrained("resnet51")
+        .expect_err("unknown")
         .to_string();
     assert!(e.contains("resnet50_imagenet1k_v1"), "{e}");
     let dinov3 = zoo::models()
@@ -272,9 +271,8 @@ fn load_pretrained_names_unknown_models_and_unsupported_ones() {
         .iter()
         .find(|m| !m.supported())
         .expect("an extra without a network");
-    let e = zoo::load_pretrained(&dinov3.name, &h, &candle_core::Device::Cpu)
-        .err()
-        .expect("unsupported")
+    let e = oml::Model::from_pretrained(&dinov3.name)
+        .expect_err("unsupported")
         .to_string();
     assert!(e.contains("no network in this version"), "{e}");
 }

@@ -7,20 +7,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{
     GlyphsConfig, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, SampleTable, Split,
     Transform,
 };
-use crate::losses::{HardTripletsMiner, TripletLossWithMiner};
-use crate::metrics::{Metrics, MetricsConfig};
-use crate::models::{Extractor, ModelSpec};
-use crate::retrieval::{QueryGalleryInfo, RetrievalResults, SearchConfig};
+use crate::losses::CriterionConfig;
+use crate::models::ModelSpec;
+use crate::retrieval::RetrievalResults;
 use crate::train::{FitConfig, OptimizerKind, Schedule, Trainer};
-use crate::{Error, Result};
+use crate::{Error, Model, Report, Result, Table};
 
 /// Settings of the demo.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,36 +76,6 @@ pub struct DemoReport {
     pub report: PathBuf,
 }
 
-fn metrics_config() -> MetricsConfig {
-    MetricsConfig {
-        cmc_top_k: vec![1, 5],
-        precision_top_k: vec![5],
-        map_top_k: vec![5],
-        pcf_variance: vec![],
-        ..MetricsConfig::default()
-    }
-}
-
-fn evaluate(
-    emb: &Tensor,
-    val: &ImageQueryGalleryLabeledDataset,
-) -> Result<(RetrievalResults, Metrics)> {
-    let info = QueryGalleryInfo::from_dataset(val);
-    let search = SearchConfig {
-        top_n: 8,
-        ..SearchConfig::default()
-    };
-    crate::metrics::evaluate(emb, &info, &metrics_config(), &search)
-}
-
-fn cmc1(m: &Metrics) -> f64 {
-    m.get_path("OVERALL/cmc/1").unwrap_or(f64::NAN)
-}
-
-fn map5(m: &Metrics) -> f64 {
-    m.get_path("OVERALL/map/5").unwrap_or(f64::NAN)
-}
-
 /// The pretrained weights to use: the given file, `OML_SHARED_WEIGHTS`'s DINOv2 file, or the
 /// zoo's cached `vits14_dinov2`.
 fn find_weights(cfg: &DemoConfig) -> Option<PathBuf> {
@@ -131,7 +98,6 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
     if !(cfg.budget_seconds.is_finite() && cfg.budget_seconds > 0.0) {
         return Err(Error::param("budget", cfg.budget_seconds, "seconds > 0"));
     }
-    let device = Device::Cpu;
     let root = cfg.out.join("glyphs");
     println!(
         "1/5 generating the glyph dataset ({} letters) in {}",
@@ -164,17 +130,12 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
 
     println!("2/5 zero-shot: raw pixels");
     let pixels = crate::data::pixel_embeddings(&val, 32)?;
-    let (rr_pixels, m_pixels) = evaluate(&pixels, &val)?;
-    let _ = rr_pixels;
+    let m_pixels = RetrievalResults::from_embeddings(&pixels, &val, 8)?.metrics()?;
 
     let weights = find_weights(cfg);
-    let (spec, backbone_name, lr) = match &weights {
-        Some(_) => (
-            ModelSpec::new("vits14"),
-            "DINOv2 ViT-S/14 (pretrained)",
-            2e-5,
-        ),
-        None => (ModelSpec::new("resnet18"), "ResNet-18 from scratch", 1e-3),
+    let (backbone_name, lr) = match &weights {
+        Some(_) => ("DINOv2 ViT-S/14 (pretrained)", 2e-5),
+        None => ("ResNet-18 from scratch", 1e-3),
     };
     let lr = cfg.lr.unwrap_or(lr);
     let size = if weights.is_some() {
@@ -182,17 +143,15 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
     } else {
         cfg.image_size
     };
-    let varmap = VarMap::new();
-    let model: Box<dyn Extractor> = match &weights {
-        Some(w) => crate::models::load(&spec, w, &device, Some(&varmap))?,
-        None => crate::models::init(&spec, &varmap, &device)?,
-    };
-    let val_transform = Transform::preset("norm_resize_torch", size)?;
-    let embed = |m: &dyn Extractor| {
-        crate::embed::embed(m, Arc::new(val.clone()), val_transform.clone(), 64, &device)
-    };
+    let model = match &weights {
+        Some(w) => Model::from_file("vits14", w)?,
+        None => Model::init(ModelSpec::new("resnet18"), cfg.seed)?,
+    }
+    .with_transform(Transform::preset("norm_resize_torch", size)?)
+    .with_batch_size(64)?;
     println!("3/5 zero-shot: {backbone_name} at {size} px");
-    let (rr_before, m_before) = evaluate(&embed(model.as_ref())?, &val)?;
+    let rr_before = RetrievalResults::from_embeddings(&model.embed(&val)?, &val, 8)?;
+    let m_before = rr_before.metrics()?;
 
     println!(
         "4/5 fine-tuning for {:.0} s (triplet loss, hard triplets, AdamW)",
@@ -201,106 +160,64 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
     let fit = FitConfig {
         seed: cfg.seed,
         max_epochs: 1000,
-        n_labels: 8,
-        n_instances: 4,
-        optimizer: OptimizerKind::Adamw {
-            lr,
-            weight_decay: 0.01,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-        },
+        optimizer: OptimizerKind::adamw(lr),
         scheduler: Schedule::Constant { warmup_steps: 20 },
         max_seconds: Some(cfg.budget_seconds),
         valid_every_epochs: 0,
         log_every_steps: 25,
-        log_every_seconds: 30.0,
-        metrics: metrics_config(),
         logs_dir: Some(cfg.out.join("run")),
         cache_images: true,
         ..FitConfig::default()
     };
-    let criterion = TripletLossWithMiner::new(
-        Some(0.1),
-        Some(Box::new(HardTripletsMiner)),
-        Default::default(),
-    )?;
-    let train_transform = Transform::preset("augs_torch", size)?;
-    let mut trainer = Trainer::new(
-        model,
-        varmap,
-        Box::new(criterion),
-        VarMap::new(),
-        train,
-        train_transform,
-        Some((val.clone(), val_transform.clone())),
-        device.clone(),
-        fit,
-    )?;
-    let report = trainer.fit()?;
+    let report = Trainer::builder(model.clone(), &train, CriterionConfig::triplet_hard(0.1))
+        .config(fit)
+        .train_transform(Transform::preset("augs_torch", size)?)
+        .fit()?;
     println!("5/5 validating on unseen letters");
-    let (rr_after, m_after) = evaluate(&embed(trainer.model())?, &val)?;
+    let rr_after = RetrievalResults::from_embeddings(&model.embed(&val)?, &val, 8)?;
+    let m_after = rr_after.metrics()?;
 
-    let history = trainer
-        .history()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let plots = crate::train::plots::history_plots(&history)?;
-    let queries: Vec<usize> = (0..rr_before.n_queries().min(6)).collect();
-    let grid_before = crate::viz::retrieval_grid(&rr_before, &val, &queries, 6, 2, 64)?;
-    let grid_after = crate::viz::retrieval_grid(&rr_after, &val, &queries, 6, 2, 64)?;
     let out = DemoReport {
         backbone: backbone_name.to_owned(),
-        raw_pixels_cmc1: cmc1(&m_pixels),
-        before_cmc1: cmc1(&m_before),
-        after_cmc1: cmc1(&m_after),
-        before_map5: map5(&m_before),
-        after_map5: map5(&m_after),
+        raw_pixels_cmc1: m_pixels.cmc(1),
+        before_cmc1: m_before.cmc(1),
+        after_cmc1: m_after.cmc(1),
+        before_map5: m_before.map(5),
+        after_map5: m_after.map(5),
         steps: report.steps,
         train_seconds: report.seconds,
         report: cfg.out.join("report.html"),
     };
-    let mut html = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>oml demo</title>\
-         <style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}\
-         td,th{border:1px solid #ccc;padding:4px 10px}</style></head><body><h1>oml demo: glyphs</h1>",
-    );
-    html += &format!(
-        "<p>{} letters never seen in training; queries drawn in serif faces, gallery in sans and mono \
-         faces. Backbone: {}, {} px, fine-tuned for {} steps ({:.0} s).</p>",
-        summary.validation_labels, out.backbone, size, out.steps, out.train_seconds
-    );
-    html += "<table><tr><th></th><th>CMC@1</th><th>mAP@5</th></tr>";
-    for (name, m) in [
-        ("raw pixels", &m_pixels),
-        ("before fine-tuning", &m_before),
-        ("after fine-tuning", &m_after),
-    ] {
-        html += &format!(
-            "<tr><td>{name}</td><td>{:.3}</td><td>{:.3}</td></tr>",
-            cmc1(m),
-            map5(m)
-        );
-    }
-    html += "</table><h2>Training</h2>";
-    for (name, png) in &plots {
-        html += &format!(
-            "<img title=\"{name}\" src=\"{}\"/>",
-            crate::notebook::png_data_url(png)
-        );
-    }
-    html += "<h2>Retrieval before fine-tuning</h2>";
-    html += &format!(
-        "<img src=\"{}\"/>",
-        crate::notebook::png_data_url(&grid_before.to_png()?)
-    );
-    html += "<h2>Retrieval after fine-tuning</h2>";
-    html += &format!(
-        "<img src=\"{}\"/>",
-        crate::notebook::png_data_url(&grid_after.to_png()?)
-    );
-    html += "</body></html>";
-    std::fs::write(&out.report, html).map_err(|e| Error::io("cannot write", &out.report, e))?;
+    let table = Table::new(&["", "CMC@1", "mAP@5"])
+        .row(&[
+            "raw pixels".to_owned(),
+            format!("{:.3}", m_pixels.cmc(1)),
+            format!("{:.3}", m_pixels.map(5)),
+        ])
+        .row(&[
+            "before fine-tuning".to_owned(),
+            format!("{:.3}", m_before.cmc(1)),
+            format!("{:.3}", m_before.map(5)),
+        ])
+        .row(&[
+            "after fine-tuning".to_owned(),
+            format!("{:.3}", m_after.cmc(1)),
+            format!("{:.3}", m_after.map(5)),
+        ]);
+    let html = Report::new("oml demo: glyphs")
+        .text(&format!(
+            "{} letters never seen in training; queries drawn in serif faces, gallery in sans and \
+             mono faces. Backbone: {}, {} px, fine-tuned for {} steps ({:.0} s).",
+            summary.validation_labels, out.backbone, size, out.steps, out.train_seconds
+        ))
+        .item(&table)
+        .heading("Training")
+        .item(&report.history)
+        .heading("Retrieval before fine-tuning")
+        .item(&rr_before.visualize(&val).size(64))
+        .heading("Retrieval after fine-tuning")
+        .item(&rr_after.visualize(&val).size(64));
+    html.save(&out.report)?;
     let json = serde_json::to_string_pretty(&out).map_err(|e| Error::Msg(e.to_string()))?;
     std::fs::write(cfg.out.join("demo.json"), json)
         .map_err(|e| Error::io("cannot write", cfg.out.join("demo.json"), e))?;

@@ -44,6 +44,16 @@ impl TryFrom<PrecisionName> for Precision {
     }
 }
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
 impl Precision {
     /// The element type the layers compute in.
     pub fn dtype(self) -> DType {

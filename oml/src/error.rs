@@ -51,6 +51,10 @@ pub enum Error {
         allowed: String,
     },
 
+    /// A config value that is wrong, named by its key path (`optimizer.lr`, `sampler.n_labels`).
+    #[error("at `{key}`: {message}")]
+    Config { key: String, message: String },
+
     /// A name (preset, dataset, model) that is not known; lists the known ones.
     #[error("unknown {kind} '{name}'; known: {}", known.join(", "))]
     UnknownName {
@@ -86,6 +90,29 @@ impl Error {
             action,
             path: path.into(),
             source,
+        }
+    }
+
+    /// A config error at `key` (a dotted path such as `optimizer.lr`).
+    pub fn config(key: impl Into<String>, message: impl ToString) -> Self {
+        Error::Config {
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// This error as one found at `key`: a config error keeps its inner path below `key`.
+    pub fn at(self, key: &str) -> Self {
+        match self {
+            Error::Config {
+                key: inner,
+                message,
+            } if !key.is_empty() => Error::Config {
+                key: format!("{key}.{inner}"),
+                message,
+            },
+            Error::Config { .. } => self,
+            other => Error::config(key, other),
         }
     }
 

@@ -35,6 +35,7 @@ pub mod demo;
 pub mod device;
 pub mod embed;
 pub mod error;
+pub mod kernel;
 pub mod losses;
 pub mod metrics;
 pub mod models;
@@ -51,6 +52,15 @@ pub use candle_core as candle;
 pub use candle_nn;
 pub use device::{Precision, device};
 pub use error::{Error, Result};
+pub use models::Model;
+pub use notebook::{Figure, Report, Table};
+pub use retrieval::RetrievalResults;
+pub use train::Trainer;
+
+/// A loss by OML's names, as the trainer takes it: `Loss::triplet_hard(0.1)`, `Loss::arcface()`.
+pub type Loss = losses::CriterionConfig;
+/// A triplet miner by OML's names.
+pub type Miner = losses::MinerConfig;
 
 /// The vocabulary types of a notebook session: `use oml::prelude::*;`.
 pub mod prelude {
@@ -60,9 +70,11 @@ pub mod prelude {
     };
     pub use crate::metrics::{Metrics, MetricsConfig, compute_metrics, evaluate};
     pub use crate::retrieval::{Distance, QueryGalleryInfo, RetrievalResults, SearchConfig};
+    pub use crate::samplers::SamplerConfig;
     pub use crate::samplers::{
         BalanceSampler, BatchSampler, CategoryBalanceSampler, DistinctCategoryBalanceSampler,
     };
-    pub use crate::viz::{ImageGrid, batch_grid, sample_grid};
-    pub use crate::{Error, Result};
+    pub use crate::train::{FitConfig, FitReport, OptimizerKind, Run, Schedule, Trainer};
+    pub use crate::viz::{ImageGrid, RetrievalGrid, batch_grid, sample_grid};
+    pub use crate::{Error, Figure, Loss, Miner, Model, Precision, Report, Result, Table};
 }

@@ -1,27 +1,29 @@
 //! OML's config pipelines without Hydra: `train`, `validate` and `predict` from one YAML file with
-//! typed fields. Unknown keys are refused with the known ones listed, every error names the key's
-//! path, and files and names are checked before any work starts.
+//! typed fields, and the `embed` and `evaluate` jobs of the command line. Unknown keys are refused
+//! with the known ones listed, every error names the key's path ([`Error::Config`]), and files and
+//! names are checked before any work starts.
+//!
+//! A config is the library's own types: the fit settings are a [`FitConfig`] at the top level of
+//! the file, the loss a [`CriterionConfig`], the sampler a [`crate::samplers::SamplerConfig`].
+//! [`JobConfig::trainer`] builds the same [`Trainer`] a notebook builds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{
     CheckOptions, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, SampleTable, Split,
     Transform,
 };
-use crate::losses::{
-    AllTripletsMiner, ArcFaceLoss, Criterion, HardClusterMiner, HardTripletsMiner, MinerWithBank,
-    NHardTripletsMiner, NRange, Reduction, SurrogatePrecision, TripletLossWithMiner, TripletMiner,
-    TripletMinerWithMemory,
-};
-use crate::metrics::MetricsConfig;
-use crate::models::{Extractor, ModelSpec};
-use crate::train::{FitConfig, FitReport, OptimizerKind, Schedule, Trainer};
-use crate::{Error, Result};
+use crate::losses::CriterionConfig;
+use crate::metrics::{Metrics, MetricsConfig, NoGtPolicy};
+use crate::models::ModelSpec;
+use crate::retrieval::{QueryGalleryInfo, RetrievalResults, SearchConfig};
+use crate::train::{FitConfig, FitReport, OptimizerKind, Trainer};
+use crate::{Error, Model, Precision, Result};
 
 /// The model: an arch, its options and where its weights come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +31,8 @@ use crate::{Error, Result};
 pub struct ModelConfig {
     /// OML's arch.
     pub arch: String,
-    /// `zoo:NAME` (the Hub cache), a file, or `random` (train from scratch).
+    /// `zoo:NAME` (the zoo: local folder, Hub cache, download), a file, or `random` (train from
+    /// scratch).
     pub weights: String,
     /// L2-normalise embeddings.
     #[serde(default)]
@@ -43,7 +46,8 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    fn spec(&self) -> ModelSpec {
+    /// The arch and options.
+    pub fn spec(&self) -> ModelSpec {
         let mut s = ModelSpec::new(&self.arch);
         s.normalise = self.normalise;
         s.gem_p = self.gem_p;
@@ -52,229 +56,62 @@ impl ModelConfig {
     }
 }
 
-/// The batch sampler.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SamplerConfig {
-    /// `n_labels` labels x `n_instances` images per batch.
-    Balance {
-        /// Labels per batch.
-        n_labels: usize,
-        /// Images per label.
-        n_instances: usize,
-    },
-}
-
-/// A miner.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
-pub enum MinerConfig {
-    /// Every triplet (optionally capped).
-    AllTriplets {
-        /// Cap.
-        #[serde(default)]
-        max_output_triplets: Option<usize>,
-    },
-    /// Hardest positive and negative per anchor.
-    HardTriplets,
-    /// n hardest positives and negatives per anchor.
-    NHardTriplets {
-        /// Positives (an int, or a 1-based `[lo, hi]`).
-        n_positive: NRange,
-        /// Negatives.
-        n_negative: NRange,
-    },
-    /// Per-label means.
-    HardCluster,
-    /// n-hard over the batch and a memory bank.
-    MinerWithBank {
-        /// Batches in the bank.
-        bank_size_in_batches: usize,
-        /// Positives.
-        n_positive: NRange,
-        /// Negatives.
-        n_negative: NRange,
-    },
-    /// Triplets expanded with a memory bank.
-    TripletMinerWithMemory {
-        /// Batches in the bank.
-        bank_size_in_batches: usize,
-        /// Expansion factor.
-        tri_expand_k: usize,
-    },
-}
-
-impl MinerConfig {
-    fn build(&self, seed: u64) -> Result<Box<dyn TripletMiner>> {
-        Ok(match self {
-            MinerConfig::AllTriplets {
-                max_output_triplets,
-            } => Box::new(AllTripletsMiner::new(*max_output_triplets, seed)),
-            MinerConfig::HardTriplets => Box::new(HardTripletsMiner),
-            MinerConfig::NHardTriplets {
-                n_positive,
-                n_negative,
-            } => Box::new(NHardTripletsMiner {
-                n_positive: *n_positive,
-                n_negative: *n_negative,
-            }),
-            MinerConfig::HardCluster => Box::new(HardClusterMiner),
-            MinerConfig::MinerWithBank {
-                bank_size_in_batches,
-                n_positive,
-                n_negative,
-            } => Box::new(MinerWithBank::new(
-                *bank_size_in_batches,
-                NHardTripletsMiner {
-                    n_positive: *n_positive,
-                    n_negative: *n_negative,
-                },
-            )?),
-            MinerConfig::TripletMinerWithMemory {
-                bank_size_in_batches,
-                tri_expand_k,
-            } => Box::new(TripletMinerWithMemory::new(
-                *bank_size_in_batches,
-                *tri_expand_k,
-                seed,
-            )?),
-        })
-    }
-}
-
-/// The loss.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
-pub enum CriterionConfig {
-    /// Triplet loss on mined triplets.
-    TripletWithMiner {
-        /// Margin (`null`: soft).
-        margin: Option<f64>,
-        /// The miner.
-        miner: MinerConfig,
-        /// Reduction.
-        #[serde(default)]
-        reduction: Reduction,
-    },
-    /// ArcFace over the train labels.
-    Arcface {
-        /// Angular margin.
-        #[serde(default = "arc_m")]
-        m: f64,
-        /// Scale.
-        #[serde(default = "arc_s")]
-        s: f64,
-        /// Label smoothing.
-        #[serde(default)]
-        smoothing_epsilon: f64,
-    },
-    /// Smooth precision@k.
-    SurrogatePrecision {
-        /// k.
-        k: usize,
-        /// Top-k temperature.
-        #[serde(default = "one")]
-        temperature1: f64,
-        /// Rank temperature.
-        #[serde(default = "t2")]
-        temperature2: f64,
-    },
-}
-
-fn arc_m() -> f64 {
-    0.5
-}
-fn arc_s() -> f64 {
-    64.0
-}
-fn one() -> f64 {
-    1.0
-}
-fn t2() -> f64 {
-    0.01
-}
-
-/// A whole job: OML's config keys.
+/// The keys of a job besides the fit settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JobConfig {
-    /// Seed.
-    #[serde(default)]
-    pub seed: u64,
-    /// `cpu`, `cuda`, `cuda:i`.
+struct JobKeys {
     #[serde(default = "cpu")]
+    device: String,
+    #[serde(default)]
+    precision: Precision,
+    #[serde(default)]
+    dataset_root: Option<PathBuf>,
+    dataframe: PathBuf,
+    model: ModelConfig,
+    #[serde(default = "size224")]
+    image_size: u32,
+    #[serde(default = "augs")]
+    transforms_train: String,
+    #[serde(default = "norm")]
+    transforms_val: String,
+    #[serde(default = "default_criterion")]
+    criterion: CriterionConfig,
+    #[serde(default = "b32")]
+    batch_size: usize,
+    #[serde(default = "ten")]
+    top_n: usize,
+}
+
+/// A whole job: OML's config keys. The fit settings ([`FitConfig`]: seed, epochs, sampler,
+/// optimizer, scheduler, budgets, metrics, logs_dir, ...) sit at the top level beside these.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobConfig {
+    /// `cpu`, `cuda`, `cuda:i`.
     pub device: String,
     /// `f32`, or mixed precision `bf16` / `f16` (meant for CUDA) for training, validation and
     /// prediction.
-    #[serde(default)]
-    pub precision: crate::Precision,
+    pub precision: Precision,
     /// Folder the CSV's paths are relative to (default: the CSV's folder).
-    #[serde(default)]
     pub dataset_root: Option<PathBuf>,
     /// The CSV, relative to `dataset_root` when not absolute.
     pub dataframe: PathBuf,
     /// The model.
     pub model: ModelConfig,
     /// Image side for the transforms.
-    #[serde(default = "size224")]
     pub image_size: u32,
     /// Train transform preset.
-    #[serde(default = "augs")]
     pub transforms_train: String,
     /// Validation transform preset.
-    #[serde(default = "norm")]
     pub transforms_val: String,
-    /// Sampler.
-    #[serde(default = "balance")]
-    pub sampler: SamplerConfig,
     /// Loss.
-    #[serde(default = "default_criterion")]
     pub criterion: CriterionConfig,
-    /// Optimiser.
-    #[serde(default = "default_optimizer")]
-    pub optimizer: OptimizerKind,
-    /// Schedule.
-    #[serde(default)]
-    pub scheduler: Schedule,
-    /// Epochs.
-    #[serde(default = "ten")]
-    pub max_epochs: usize,
-    /// Validate every N epochs.
-    #[serde(default = "one_usize")]
-    pub valid_every_epochs: usize,
-    /// Metrics (default: cmc@1,5, precision@5, map@5).
-    #[serde(default = "crate::train::default_metrics")]
-    pub metrics: MetricsConfig,
-    /// Best-checkpoint metric.
-    #[serde(default = "cmc1")]
-    pub checkpoint_metric: String,
-    /// Output folder.
-    #[serde(default = "runs")]
-    pub logs_dir: PathBuf,
-    /// Step budget.
-    #[serde(default)]
-    pub max_steps: Option<usize>,
-    /// Time budget in seconds.
-    #[serde(default)]
-    pub max_seconds: Option<f64>,
-    /// Gradient clipping.
-    #[serde(default)]
-    pub clip_grad_norm: Option<f64>,
-    /// Frozen-backbone epochs.
-    #[serde(default)]
-    pub freeze_backbone_epochs: usize,
-    /// Backbone learning rate over the base.
-    #[serde(default = "one")]
-    pub backbone_lr_scale: f64,
-    /// Validation / prediction batch size.
-    #[serde(default = "b32")]
+    /// Images per batch when embedding (validation, prediction).
     pub batch_size: usize,
-    /// Progress line every N steps.
-    #[serde(default = "ten")]
-    pub log_every_steps: usize,
     /// `predict`: results kept per query.
-    #[serde(default = "ten")]
     pub top_n: usize,
+    /// The fit settings (`logs_dir` defaults to `runs/oml`, the learning rate to OML's 1e-5).
+    #[serde(flatten)]
+    pub fit: FitConfig,
 }
 
 fn cpu() -> String {
@@ -289,55 +126,58 @@ fn augs() -> String {
 fn norm() -> String {
     "norm_resize_hypvit".into()
 }
-fn balance() -> SamplerConfig {
-    SamplerConfig::Balance {
-        n_labels: 8,
-        n_instances: 4,
-    }
-}
 fn default_criterion() -> CriterionConfig {
-    CriterionConfig::TripletWithMiner {
-        margin: None,
-        miner: MinerConfig::HardTriplets,
-        reduction: Reduction::Mean,
-    }
-}
-fn default_optimizer() -> OptimizerKind {
-    OptimizerKind::Adamw {
-        lr: 1e-5,
-        weight_decay: 0.01,
-        betas: (0.9, 0.999),
-        eps: 1e-8,
-    }
+    CriterionConfig::default()
 }
 fn ten() -> usize {
     10
-}
-fn one_usize() -> usize {
-    1
-}
-fn cmc1() -> String {
-    "OVERALL/cmc/1".into()
-}
-fn runs() -> PathBuf {
-    PathBuf::from("runs/oml")
 }
 fn b32() -> usize {
     32
 }
 
+/// The top-level keys of each part: the job's own, the fit settings'.
+fn key_sets() -> (Vec<String>, Vec<String>) {
+    let keys = |v: serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let job = keys(
+        serde_json::to_value(JobKeys {
+            device: cpu(),
+            precision: Precision::F32,
+            dataset_root: None,
+            dataframe: PathBuf::new(),
+            model: ModelConfig {
+                arch: String::new(),
+                weights: String::new(),
+                normalise: false,
+                gem_p: None,
+                mlp: Vec::new(),
+            },
+            image_size: 0,
+            transforms_train: String::new(),
+            transforms_val: String::new(),
+            criterion: default_criterion(),
+            batch_size: 0,
+            top_n: 0,
+        })
+        .unwrap_or_default(),
+    );
+    let fit = keys(serde_json::to_value(FitConfig::default()).unwrap_or_default());
+    (job, fit)
+}
+
 /// Sets `a.b.c = value` (the value read as YAML) in a YAML mapping.
 fn set_key(root: &mut serde_norway::Value, key: &str, value: &str) -> Result<()> {
     let parsed: serde_norway::Value = serde_norway::from_str(value)
-        .map_err(|e| Error::Msg(format!("--set {key}={value}: not a YAML value ({e})")))?;
+        .map_err(|e| Error::config(key, format!("--set {key}={value}: not a YAML value ({e})")))?;
     let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
         let map = node.as_mapping_mut().ok_or_else(|| {
-            Error::Msg(format!(
-                "--set {key}: {} is not a mapping",
-                parts[..i].join(".")
-            ))
+            Error::config(parts[..i].join("."), format!("--set {key}: not a mapping"))
         })?;
         let k = serde_norway::Value::String((*part).to_owned());
         if i + 1 == parts.len() {
@@ -351,19 +191,37 @@ fn set_key(root: &mut serde_norway::Value, key: &str, value: &str) -> Result<()>
     Ok(())
 }
 
+/// Deserialises `value` as `T`, an error naming the key path below `prefix`.
+fn typed<T: serde::de::DeserializeOwned>(value: serde_norway::Value, prefix: &str) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = match (prefix, path.as_str()) {
+            (p, ".") => p.to_owned(),
+            ("", k) => k.to_owned(),
+            (p, k) => format!("{p}.{k}"),
+        };
+        Error::config(key, e.into_inner())
+    })
+}
+
 impl JobConfig {
     /// Reads a YAML config, applies `key=value` overrides, checks every field (the error names
     /// the key path) and that the files it names exist.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
-        Self::from_yaml(&text, overrides, path.parent())
-            .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))
+        Self::from_yaml(&text, overrides, path.parent()).map_err(|e| match e {
+            Error::Config { key, message } => Error::Config {
+                key,
+                message: format!("{message} (in {})", path.display()),
+            },
+            other => other,
+        })
     }
 
     /// As [`JobConfig::from_file`] from text; relative paths are resolved against `base`.
     pub fn from_yaml(text: &str, overrides: &[String], base: Option<&Path>) -> Result<Self> {
-        let mut value: serde_norway::Value =
-            serde_norway::from_str(text).map_err(|e| Error::Msg(format!("not YAML: {e}")))?;
+        let mut value: serde_norway::Value = serde_norway::from_str(text)
+            .map_err(|e| Error::Msg(format!("not a YAML config: {e}")))?;
         if value.is_null() {
             value = serde_norway::Value::Mapping(Default::default());
         }
@@ -387,10 +245,56 @@ impl JobConfig {
             }
             set_key(&mut value, k, &v)?;
         }
-        let mut cfg: JobConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            Error::Msg(format!("at `{path}`: {}", e.into_inner()))
-        })?;
+        let Some(map) = value.as_mapping() else {
+            return Err(Error::Msg("a config is a mapping of keys to values".into()));
+        };
+        // Split the keys between the job's and the fit settings'; anything else is unknown.
+        let (job_keys, fit_keys) = key_sets();
+        let mut job = serde_norway::Mapping::new();
+        let mut fit = serde_norway::Mapping::new();
+        for (k, v) in map {
+            let name = k.as_str().unwrap_or_default();
+            if job_keys.iter().any(|j| j == name) {
+                job.insert(k.clone(), v.clone());
+            } else if fit_keys.iter().any(|f| f == name) {
+                fit.insert(k.clone(), v.clone());
+            } else {
+                let mut known: Vec<&String> = job_keys.iter().chain(&fit_keys).collect();
+                known.sort();
+                let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
+                return Err(Error::config(
+                    name,
+                    format!("unknown field `{name}`; known keys: {}", known.join(", ")),
+                ));
+            }
+        }
+        if !fit.contains_key("optimizer") {
+            // OML's pipelines fine-tune pretrained backbones at 1e-5.
+            fit.insert(
+                "optimizer".into(),
+                serde_norway::to_value(OptimizerKind::adamw(1e-5))
+                    .map_err(|e| Error::Msg(e.to_string()))?,
+            );
+        }
+        let job: JobKeys = typed(serde_norway::Value::Mapping(job), "")?;
+        let mut fit: FitConfig = typed(serde_norway::Value::Mapping(fit), "")?;
+        if fit.logs_dir.is_none() {
+            fit.logs_dir = Some(PathBuf::from("runs/oml"));
+        }
+        let mut cfg = JobConfig {
+            device: job.device,
+            precision: job.precision,
+            dataset_root: job.dataset_root,
+            dataframe: job.dataframe,
+            model: job.model,
+            image_size: job.image_size,
+            transforms_train: job.transforms_train,
+            transforms_val: job.transforms_val,
+            criterion: job.criterion,
+            batch_size: job.batch_size,
+            top_n: job.top_n,
+            fit,
+        };
         if let Some(base) = base.filter(|b| !b.as_os_str().is_empty()) {
             let fix = |p: &mut PathBuf| {
                 if p.is_relative() {
@@ -402,7 +306,9 @@ impl JobConfig {
             } else {
                 fix(&mut cfg.dataframe);
             }
-            fix(&mut cfg.logs_dir);
+            if let Some(l) = cfg.fit.logs_dir.as_mut() {
+                fix(l);
+            }
             if !cfg.model.weights.starts_with("zoo:") && cfg.model.weights != "random" {
                 let mut w = PathBuf::from(&cfg.model.weights);
                 fix(&mut w);
@@ -421,77 +327,50 @@ impl JobConfig {
         }
     }
 
+    /// Where outputs go.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.fit
+            .logs_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs/oml"))
+    }
+
     fn check(&self) -> Result<()> {
         let csv = self.dataframe_path();
         if !csv.is_file() {
-            return Err(Error::Msg(format!(
-                "at `dataframe`: {} does not exist",
-                csv.display()
-            )));
+            return Err(Error::config(
+                "dataframe",
+                format!("{} does not exist", csv.display()),
+            ));
         }
-        let spec = self.model.spec();
-        spec.feat_dim()
-            .map_err(|e| Error::Msg(format!("at `model.arch`: {e}")))?;
+        self.model
+            .spec()
+            .feat_dim()
+            .map_err(|e| Error::config("model.arch", e))?;
         match self.model.weights.as_str() {
             "random" => {}
             w if w.starts_with("zoo:") => {
-                crate::zoo::find(&w[4..])
-                    .map_err(|e| Error::Msg(format!("at `model.weights`: {e}")))?;
+                crate::zoo::find(&w[4..]).map_err(|e| Error::config("model.weights", e))?;
             }
             w if !Path::new(w).is_file() => {
-                return Err(Error::Msg(format!(
-                    "at `model.weights`: {w} does not exist (give a file, zoo:NAME or random)"
-                )));
+                return Err(Error::config(
+                    "model.weights",
+                    format!("{w} does not exist (give a file, zoo:NAME or random)"),
+                ));
             }
             _ => {}
         }
         Transform::preset(&self.transforms_train, self.image_size)
-            .map_err(|e| Error::Msg(format!("at `transforms_train`: {e}")))?;
+            .map_err(|e| Error::config("transforms_train", e))?;
         Transform::preset(&self.transforms_val, self.image_size)
-            .map_err(|e| Error::Msg(format!("at `transforms_val`: {e}")))?;
-        self.optimizer
-            .validate()
-            .map_err(|e| Error::Msg(format!("at `optimizer`: {e}")))?;
-        self.scheduler
-            .validate()
-            .map_err(|e| Error::Msg(format!("at `scheduler`: {e}")))?;
-        self.metrics
-            .validate()
-            .map_err(|e| Error::Msg(format!("at `metrics`: {e}")))?;
-        crate::train::check_metric_path(&self.checkpoint_metric, &self.metrics)
-            .map_err(|e| Error::Msg(format!("at `checkpoint_metric`: {e}")))?;
-        crate::device(&self.device).map_err(|e| Error::Msg(format!("at `device`: {e}")))?;
-        Ok(())
-    }
-
-    /// The fit settings of this job.
-    pub fn fit_config(&self) -> FitConfig {
-        let SamplerConfig::Balance {
-            n_labels,
-            n_instances,
-        } = self.sampler;
-        FitConfig {
-            seed: self.seed,
-            max_epochs: self.max_epochs,
-            n_labels,
-            n_instances,
-            optimizer: self.optimizer,
-            scheduler: self.scheduler.clone(),
-            backbone_lr_scale: self.backbone_lr_scale,
-            freeze_backbone_epochs: self.freeze_backbone_epochs,
-            clip_grad_norm: self.clip_grad_norm,
-            valid_every_epochs: self.valid_every_epochs,
-            max_steps: self.max_steps,
-            max_seconds: self.max_seconds,
-            log_every_steps: self.log_every_steps,
-            log_every_seconds: 30.0,
-            checkpoint_metric: self.checkpoint_metric.clone(),
-            metrics: self.metrics.clone(),
-            val_batch_size: self.batch_size,
-            logs_dir: Some(self.logs_dir.clone()),
-            cache_images: false,
-            precision: self.precision,
+            .map_err(|e| Error::config("transforms_val", e))?;
+        self.criterion.validate().map_err(|e| e.at("criterion"))?;
+        self.fit.validate()?;
+        if self.batch_size == 0 {
+            return Err(Error::config("batch_size", "at least 1"));
         }
+        crate::device(&self.device).map_err(|e| Error::config("device", e))?;
+        Ok(())
     }
 
     fn table(&self, require_labels: bool) -> Result<Arc<SampleTable>> {
@@ -506,189 +385,125 @@ impl JobConfig {
         )?))
     }
 
-    /// The model with this job's weights, its variables in `varmap` when given (fine-tuning).
-    pub fn model(
-        &self,
-        weights: Option<&Path>,
-        varmap: Option<&VarMap>,
-    ) -> Result<Box<dyn Extractor>> {
-        let device = crate::device(&self.device)?;
+    /// The job's model: its weights (or `weights` instead), device, precision, validation
+    /// transform and batch size.
+    pub fn model(&self, weights: Option<&Path>) -> Result<Model> {
         let spec = self.model.spec();
-        let path = match weights {
-            Some(p) => p.to_path_buf(),
-            None => match self.model.weights.as_str() {
-                "random" => {
-                    let vm = match varmap {
-                        Some(v) => v.clone(),
-                        None => VarMap::new(),
-                    };
-                    return crate::models::init(&spec, &vm, &device);
-                }
-                w if w.starts_with("zoo:") => {
-                    let m = crate::zoo::find(&w[4..])?;
-                    crate::zoo::weights(m, &crate::zoo::Hub::from_env())?
-                }
-                w => PathBuf::from(w),
-            },
+        let model = match (weights, self.model.weights.as_str()) {
+            (Some(p), _) => Model::from_spec(spec, p)?,
+            (None, "random") => Model::init(spec, self.fit.seed)?,
+            (None, w) if w.starts_with("zoo:") => {
+                let m = crate::zoo::find(&w[4..])?;
+                let found = crate::zoo::locate(m, &crate::zoo::Hub::from_env())?;
+                println!("model weights: zoo {} ({})", &w[4..], found.origin);
+                Model::from_spec(spec, &found.path)?
+            }
+            (None, w) => Model::from_spec(spec, w)?,
         };
-        crate::models::load(&spec, &path, &device, varmap)
+        model
+            .with_device(&self.device)?
+            .with_precision(self.precision)
+            .with_transform(Transform::preset(&self.transforms_val, self.image_size)?)
+            .with_batch_size(self.batch_size)
+    }
+
+    /// The trainer of this job: the same one a notebook builds with [`Trainer::builder`].
+    pub fn trainer(&self) -> Result<Trainer> {
+        let table = self.table(true)?;
+        let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train))?;
+        let model = self.model(None)?;
+        let mut builder = Trainer::builder(model, &train, self.criterion.clone())
+            .config(self.fit.clone())
+            .train_transform(Transform::preset(&self.transforms_train, self.image_size)?);
+        if !table.rows_of(Split::Validation).is_empty() {
+            builder = builder.validate(&ImageQueryGalleryLabeledDataset::from_table(table)?);
+        }
+        builder.build()
     }
 }
 
-/// `oml train`: fine-tunes and writes checkpoints, history, plots, the resolved config and a
-/// retrieval grid of the worst validation queries into `logs_dir`.
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io("cannot create folder", parent, e))?;
+    }
+    std::fs::write(path, text).map_err(|e| Error::io("cannot write", path, e))
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Msg(e.to_string()))?;
+    write_text(path, &text)
+}
+
+/// `oml train`: fine-tunes and writes checkpoints, history, plots, the resolved config and the
+/// report into `logs_dir`.
 pub fn train(cfg: &JobConfig) -> Result<FitReport> {
-    std::fs::create_dir_all(&cfg.logs_dir)
-        .map_err(|e| Error::io("cannot create", &cfg.logs_dir, e))?;
+    let logs = cfg.logs_dir();
     let resolved = serde_norway::to_string(cfg).map_err(|e| Error::Msg(e.to_string()))?;
-    std::fs::write(cfg.logs_dir.join("config.yaml"), resolved)
-        .map_err(|e| Error::io("cannot write", cfg.logs_dir.join("config.yaml"), e))?;
-    let device = crate::device(&cfg.device)?;
-    let table = cfg.table(true)?;
-    let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train))?;
-    let val = if table.rows_of(Split::Validation).is_empty() {
-        None
-    } else {
-        Some((
-            ImageQueryGalleryLabeledDataset::from_table(table.clone())?,
-            Transform::preset(&cfg.transforms_val, cfg.image_size)?,
-        ))
-    };
-    let backbone = VarMap::new();
-    let model = cfg.model(None, Some(&backbone))?;
-    let criterion_vars = VarMap::new();
-    let criterion: Box<dyn Criterion> = match &cfg.criterion {
-        CriterionConfig::TripletWithMiner { reduction, .. } if *reduction == Reduction::None => {
-            return Err(Error::Msg(
-                "at `criterion.reduction`: training needs a scalar loss (mean or sum)".into(),
-            ));
-        }
-        CriterionConfig::TripletWithMiner {
-            margin,
-            miner,
-            reduction,
-        } => Box::new(TripletLossWithMiner::new(
-            *margin,
-            Some(miner.build(cfg.seed)?),
-            *reduction,
-        )?),
-        CriterionConfig::Arcface {
-            m,
-            s,
-            smoothing_epsilon,
-        } => {
-            let vb = VarBuilder::from_varmap(&criterion_vars, candle_core::DType::F32, &device);
-            Box::new(ArcFaceLoss::new(
-                model.feat_dim(),
-                train.n_labels(),
-                *m,
-                *s,
-                *smoothing_epsilon,
-                None,
-                Reduction::Mean,
-                vb,
-            )?)
-        }
-        CriterionConfig::SurrogatePrecision {
-            k,
-            temperature1,
-            temperature2,
-        } => {
-            let mut sp = SurrogatePrecision::new(*k)?;
-            sp.temperature1 = *temperature1;
-            sp.temperature2 = *temperature2;
-            Box::new(sp)
-        }
-    };
-    let transform = Transform::preset(&cfg.transforms_train, cfg.image_size)?;
-    let mut trainer = Trainer::new(
-        model,
-        backbone,
-        criterion,
-        criterion_vars,
-        train,
-        transform,
-        val,
-        device,
-        cfg.fit_config(),
-    )?;
-    let report = trainer.fit()?;
-    let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Msg(e.to_string()))?;
-    std::fs::write(cfg.logs_dir.join("report.json"), text)
-        .map_err(|e| Error::io("cannot write", cfg.logs_dir.join("report.json"), e))?;
+    write_text(&logs.join("config.yaml"), &resolved)?;
+    let report = cfg.trainer()?.fit()?;
+    write_json(&logs.join("report.json"), &report)?;
     Ok(report)
 }
 
 /// `oml validate`: metrics of the job's model (or `weights`) on the CSV's validation rows;
-/// writes `metrics.json` (and a grid of the worst queries) into `logs_dir`.
-pub fn validate(cfg: &JobConfig, weights: Option<&Path>) -> Result<crate::metrics::Metrics> {
-    let device = crate::device(&cfg.device)?;
-    let table = cfg.table(true)?;
-    let val = ImageQueryGalleryLabeledDataset::from_table(table)?;
-    let model = cfg.model(weights, None)?;
-    let transform = Transform::preset(&cfg.transforms_val, cfg.image_size)?;
-    let emb = crate::embed::embed(
-        &crate::models::Autocast::new(model.as_ref(), cfg.precision.dtype()),
-        Arc::new(val.clone()),
-        transform,
-        cfg.batch_size,
-        &device,
-    )?;
-    let info = crate::retrieval::QueryGalleryInfo::from_dataset(&val);
-    let search = crate::retrieval::SearchConfig {
-        top_n: cfg.metrics.max_k().max(8),
+/// writes `metrics.json` and a grid of the worst queries into `logs_dir`.
+pub fn validate(cfg: &JobConfig, weights: Option<&Path>) -> Result<Metrics> {
+    let val = ImageQueryGalleryLabeledDataset::from_table(cfg.table(true)?)?;
+    let model = cfg.model(weights)?;
+    let emb = model.embed(&val)?;
+    let search = SearchConfig {
+        top_n: cfg.fit.metrics.max_k().max(8),
         ..Default::default()
     };
-    let (rr, metrics) = crate::metrics::evaluate(&emb, &info, &cfg.metrics, &search)?;
-    std::fs::create_dir_all(&cfg.logs_dir)
-        .map_err(|e| Error::io("cannot create", &cfg.logs_dir, e))?;
-    let text =
-        serde_json::to_string_pretty(&metrics.to_json()).map_err(|e| Error::Msg(e.to_string()))?;
-    std::fs::write(cfg.logs_dir.join("metrics.json"), text)
-        .map_err(|e| Error::io("cannot write", cfg.logs_dir.join("metrics.json"), e))?;
-    let worst = rr.worst_queries(crate::metrics::QueryMetric::Cmc(1), 8);
-    let grid = crate::viz::retrieval_grid(&rr, &val, &worst, 6, 3, 96)?;
-    grid.save_png(&cfg.logs_dir.join("worst_queries.png"))?;
+    let rr = RetrievalResults::from_embeddings_with(
+        &emb,
+        &QueryGalleryInfo::from_dataset(&val),
+        &search,
+    )?;
+    let metrics = rr.metrics_with(&cfg.fit.metrics)?;
+    let logs = cfg.logs_dir();
+    write_json(&logs.join("metrics.json"), &metrics.to_json())?;
+    rr.visualize(&val)
+        .worst(8)
+        .results(6)
+        .gt(3)
+        .save_png(&logs.join("worst_queries.png"))?;
     Ok(metrics)
 }
 
 /// `oml predict`: embeddings of every row (`embeddings.npy` or `.parquet`) and each query's top-n
 /// gallery items (`predictions.json`) for a CSV with or without labels.
 pub fn predict(cfg: &JobConfig, weights: Option<&Path>, out: Option<&Path>) -> Result<PathBuf> {
-    let device = crate::device(&cfg.device)?;
     let table = cfg.table(false)?;
-    let model = cfg.model(weights, None)?;
-    let transform = Transform::preset(&cfg.transforms_val, cfg.image_size)?;
-    let source = Arc::new(crate::embed::TableImages(table.clone()));
-    let net = crate::models::Autocast::new(model.as_ref(), cfg.precision.dtype());
-    let emb = crate::embed::embed(&net, source, transform, cfg.batch_size, &device)?;
-    std::fs::create_dir_all(&cfg.logs_dir)
-        .map_err(|e| Error::io("cannot create", &cfg.logs_dir, e))?;
+    let model = cfg.model(weights)?;
+    let emb = model.embed(&crate::embed::TableImages(table.clone()))?;
+    let logs = cfg.logs_dir();
     let path = out
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| cfg.logs_dir.join("embeddings.npy"));
+        .unwrap_or_else(|| logs.join("embeddings.npy"));
     crate::embed::write_embeddings(&path, &emb, &table.paths, table.labels.as_deref())?;
     // Queries and gallery: the flags of the validation rows (all rows of a CSV without a split);
     // an item that is both never retrieves itself, as in OML.
     let rows: Vec<usize> = table.rows_of(Split::Validation);
-    let info = crate::retrieval::QueryGalleryInfo::from_table(&table);
+    let info = QueryGalleryInfo::from_table(&table);
     if info.is_query.iter().any(|&q| q) && info.is_gallery.iter().any(|&g| g) {
         let ids: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
-        let val = emb.index_select(&candle_core::Tensor::new(ids.as_slice(), emb.device())?, 0)?;
-        let search = crate::retrieval::SearchConfig {
+        let val = emb.index_select(&Tensor::new(ids.as_slice(), emb.device())?, 0)?;
+        let search = SearchConfig {
             top_n: cfg.top_n,
             ..Default::default()
         };
-        let rr = crate::retrieval::RetrievalResults::from_embeddings(&val, &info, &search)?;
+        let rr = RetrievalResults::from_embeddings_with(&val, &info, &search)?;
         let (Some(q_items), Some(g_items)) = (rr.query_item_ids(), rr.gallery_item_ids()) else {
             return Err(Error::Msg("retrieval results without item ids".into()));
         };
         let mut out = Vec::new();
         for (qi, &item) in q_items.iter().enumerate() {
             let items: Vec<BTreeMap<&str, serde_json::Value>> = rr
-                .retrieved_ids(qi)
+                .ids(qi)
                 .iter()
-                .zip(rr.distances(qi))
+                .zip(rr.dists(qi))
                 .map(|(&gi, &d)| {
                     BTreeMap::from([
                         (
@@ -701,9 +516,142 @@ pub fn predict(cfg: &JobConfig, weights: Option<&Path>, out: Option<&Path>) -> R
                 .collect();
             out.push(serde_json::json!({"query": table.paths[rows[item]], "retrieved": items}));
         }
-        let text = serde_json::to_string_pretty(&out).map_err(|e| Error::Msg(e.to_string()))?;
-        std::fs::write(cfg.logs_dir.join("predictions.json"), text)
-            .map_err(|e| Error::io("cannot write", cfg.logs_dir.join("predictions.json"), e))?;
+        write_json(&logs.join("predictions.json"), &out)?;
     }
     Ok(path)
+}
+
+/// What `oml evaluate` computes: retrieval metrics (and optionally per-query results and a grid)
+/// of precomputed embeddings.
+#[derive(Debug, Clone)]
+pub struct EvaluateJob {
+    /// float32 `[N, D]` `.npy` (or parquet): row i = the i-th validation row of the CSV, or one row
+    /// per CSV row (as `oml embed` writes), of which the validation rows are taken.
+    pub embeddings: PathBuf,
+    /// The OML CSV.
+    pub data: PathBuf,
+    /// Folder that relative image paths are relative to.
+    pub dataset_root: Option<PathBuf>,
+    /// The metrics.
+    pub metrics: MetricsConfig,
+    /// The search (distance, depth).
+    pub search: SearchConfig,
+    /// Nested metrics JSON.
+    pub out: Option<PathBuf>,
+    /// Per-query results JSON.
+    pub retrieved: Option<PathBuf>,
+    /// Retrieval grid of the worst queries (PNG).
+    pub grid: Option<PathBuf>,
+    /// Queries in the grid.
+    pub grid_queries: usize,
+}
+
+impl EvaluateJob {
+    /// The job with OML's metric defaults for `embeddings` and `data`.
+    pub fn new(embeddings: PathBuf, data: PathBuf) -> Self {
+        EvaluateJob {
+            embeddings,
+            data,
+            dataset_root: None,
+            metrics: MetricsConfig {
+                no_gt_policy: NoGtPolicy::Oml,
+                ..MetricsConfig::common()
+            },
+            search: SearchConfig {
+                top_n: 10,
+                ..SearchConfig::default()
+            },
+            out: None,
+            retrieved: None,
+            grid: None,
+            grid_queries: 8,
+        }
+    }
+}
+
+/// `oml evaluate`: returns the metrics and writes the outputs asked for.
+pub fn evaluate(job: &EvaluateJob) -> Result<Metrics> {
+    let options = CheckOptions {
+        dataset_root: job.dataset_root.clone(),
+        check_files: job.grid.is_some(),
+        ..CheckOptions::default()
+    };
+    let table = Arc::new(SampleTable::from_csv(&job.data, &options)?);
+    let mut embeddings = crate::retrieval::read_embeddings(&job.embeddings)?;
+    // `oml embed` writes every row of the CSV: keep the validation ones.
+    let validation = table.rows_of(Split::Validation);
+    if embeddings.dim(0)? == table.len() && validation.len() != table.len() {
+        let ids: Vec<u32> = validation.iter().map(|&r| r as u32).collect();
+        let ids = Tensor::new(ids.as_slice(), embeddings.device())?;
+        embeddings = embeddings.index_select(&ids, 0)?;
+    }
+    let info = QueryGalleryInfo::from_table(&table);
+    let (rr, metrics) = crate::metrics::evaluate(&embeddings, &info, &job.metrics, &job.search)
+        .map_err(|e| Error::Msg(format!("{}: {e}", job.embeddings.display())))?;
+    if let Some(out) = &job.out {
+        write_json(out, &metrics.to_json())?;
+    }
+    if job.retrieved.is_some() || job.grid.is_some() {
+        let dataset = ImageQueryGalleryLabeledDataset::from_table(table.clone())?;
+        if let Some(path) = &job.retrieved {
+            let names: Vec<String> = (0..dataset.len())
+                .filter_map(|i| dataset.row(i).map(|r| table.paths[r].clone()))
+                .collect();
+            write_json(path, &rr.to_json(Some(&names), 10))?;
+        }
+        if let Some(path) = &job.grid {
+            rr.visualize(&dataset)
+                .worst(job.grid_queries)
+                .results(job.search.top_n.min(8))
+                .gt(3)
+                .save_png(path)?;
+        }
+    }
+    Ok(metrics)
+}
+
+/// What `oml embed` computes: embeddings of every row of a CSV (file order).
+#[derive(Debug, Clone)]
+pub struct EmbedJob {
+    /// The OML CSV (labels optional).
+    pub data: PathBuf,
+    /// Folder that relative image paths are relative to.
+    pub dataset_root: Option<PathBuf>,
+    /// The output (`.npy` or `.parquet`).
+    pub out: PathBuf,
+    /// L2-normalise the embeddings.
+    pub normalise: bool,
+    /// What embeds.
+    pub with: Embedder,
+}
+
+/// What embeds the images of an [`EmbedJob`].
+#[derive(Debug, Clone)]
+pub enum Embedder {
+    /// A model.
+    Model(Model),
+    /// The raw-pixel baseline: grey `side x side` thumbnails, L2-normalised.
+    Pixels(u32),
+}
+
+/// `oml embed`: writes the embeddings and returns their shape.
+pub fn embed(job: &EmbedJob) -> Result<(usize, usize)> {
+    let options = CheckOptions {
+        dataset_root: job.dataset_root.clone(),
+        require_labels: false,
+        ..CheckOptions::default()
+    };
+    let table = Arc::new(SampleTable::from_csv(&job.data, &options)?);
+    let images = crate::embed::TableImages(table.clone());
+    let e = match &job.with {
+        Embedder::Pixels(side) => crate::data::pixel_embeddings(&images, *side)?,
+        Embedder::Model(model) => model.embed(&images)?,
+    };
+    let e = if job.normalise {
+        crate::models::l2_normalise(&e)?
+    } else {
+        e
+    };
+    crate::embed::write_embeddings(&job.out, &e, &table.paths, table.labels.as_deref())?;
+    Ok(e.dims2()?)
 }

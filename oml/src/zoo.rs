@@ -10,7 +10,10 @@
 //! - `HF_ENDPOINT`: the Hub's address (default `https://huggingface.co`);
 //! - `HF_HUB_OFFLINE=1` or `OML_OFFLINE=1`: never touch the network;
 //! - `HF_TOKEN` (or the `token` file under `HF_HOME`): for gated repositories;
-//! - `OML_HUB_TIMEOUT`: seconds to wait for the Hub's first answer and between chunks (default 20).
+//! - `OML_HUB_TIMEOUT`: seconds to wait for the Hub's first answer and between chunks (default 20);
+//! - `OML_WEIGHTS_DIR`: a local weights folder looked at before the Hub: `<name>.safetensors` (or
+//!   `.pth`, `.ckpt`, `.bin`) there stands for the zoo model `<name>` (weights copied from another
+//!   machine, or one's own file under a zoo name); it is used as it is, without a hash check.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -20,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Transform;
-use crate::models::{Extractor, Family, ModelSpec};
+use crate::models::{Family, ModelSpec};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -178,6 +181,8 @@ pub struct Hub {
     pub timeout: Duration,
     /// Access token for gated repositories.
     pub token: Option<String>,
+    /// A local weights folder looked at first (`OML_WEIGHTS_DIR`).
+    pub local_dir: Option<PathBuf>,
 }
 
 fn truthy(var: &str) -> bool {
@@ -225,6 +230,7 @@ impl Hub {
             offline: truthy("HF_HUB_OFFLINE") || truthy("OML_OFFLINE"),
             timeout,
             token,
+            local_dir: var("OML_WEIGHTS_DIR").map(PathBuf::from),
         }
     }
 
@@ -377,18 +383,61 @@ pub fn verify_blob(path: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// The weights file of a zoo model: cached, else downloaded (its fallback file when the main one
-/// cannot be had).
-pub fn weights(model: &ZooModel, hub: &Hub) -> Result<PathBuf> {
-    match hub.fetch(&model.hub_repo, &model.revision, &model.hub_file) {
-        Ok(p) => Ok(p),
+/// A zoo model's weights file and where it was found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    /// The file.
+    pub path: PathBuf,
+    /// `local weights folder DIR`, `Hub cache DIR` or `downloaded from ENDPOINT`.
+    pub origin: String,
+}
+
+/// The weights file of a zoo model: in the local weights folder, else in the Hub cache, else
+/// downloaded (its fallback file when the main one cannot be had).
+pub fn locate(model: &ZooModel, hub: &Hub) -> Result<Located> {
+    if let Some(dir) = &hub.local_dir {
+        for ext in ["safetensors", "pth", "ckpt", "bin"] {
+            let p = dir.join(format!("{}.{ext}", model.name));
+            if p.is_file() {
+                return Ok(Located {
+                    path: p,
+                    origin: format!("local weights folder {}", dir.display()),
+                });
+            }
+        }
+    }
+    let cached = hub
+        .cached(&model.hub_repo, &model.revision, &model.hub_file)
+        .or_else(|| {
+            model
+                .fallback_file
+                .as_deref()
+                .and_then(|f| hub.cached(&model.hub_repo, &model.revision, f))
+        });
+    if let Some(path) = cached {
+        return Ok(Located {
+            path,
+            origin: format!("Hub cache {}", hub.cache_dir.display()),
+        });
+    }
+    let path = match hub.fetch(&model.hub_repo, &model.revision, &model.hub_file) {
+        Ok(p) => p,
         Err(first) => match &model.fallback_file {
             Some(f) => hub
                 .fetch(&model.hub_repo, &model.revision, f)
-                .map_err(|_| first),
-            None => Err(first),
+                .map_err(|_| first)?,
+            None => return Err(first),
         },
-    }
+    };
+    Ok(Located {
+        path,
+        origin: format!("downloaded from {}", hub.endpoint),
+    })
+}
+
+/// The weights file of a zoo model (see [`locate`]).
+pub fn weights(model: &ZooModel, hub: &Hub) -> Result<PathBuf> {
+    Ok(locate(model, hub)?.path)
 }
 
 /// Whether a zoo model's weights are in the cache.
@@ -399,19 +448,4 @@ pub fn is_cached(model: &ZooModel, hub: &Hub) -> bool {
             .fallback_file
             .as_deref()
             .is_some_and(|f| hub.cached(&model.hub_repo, &model.revision, f).is_some())
-}
-
-/// A pretrained extractor by OML's name, with OML's inference transform: weights from the cache,
-/// else from the Hub.
-pub fn load_pretrained(
-    name: &str,
-    hub: &Hub,
-    device: &candle_core::Device,
-) -> Result<(Box<dyn Extractor>, Transform)> {
-    let model = find(name)?;
-    let spec = model.spec()?;
-    let transform = model.transform()?;
-    let path = weights(model, hub)?;
-    let net = crate::models::load(&spec, &path, device, None)?;
-    Ok((net, transform))
 }

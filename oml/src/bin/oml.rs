@@ -72,6 +72,9 @@ enum Command {
         #[arg(long)]
         lr: Option<f64>,
     },
+    /// Notebooks: set up the evcxr Jupyter kernel for oml's notebooks.
+    #[command(subcommand)]
+    Notebook(Notebook),
     /// Fine-tune from a YAML config (OML's train pipeline).
     Train {
         /// The config.
@@ -229,6 +232,26 @@ struct EmbedArgs {
     /// float32 [N, D] .npy, or .parquet (path, label, embedding).
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Notebook {
+    /// Install the evcxr kernel (when missing) and set it up as CI runs it: a fixed build folder
+    /// reused by every notebook, cells unoptimised, the crates they use optimised.
+    Setup {
+        /// The folder evcxr builds in (default ~/.cache/oml/evcxr).
+        #[arg(long)]
+        build_dir: Option<PathBuf>,
+        /// oml's evcxr configuration folder (default ~/.config/oml/evcxr).
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
+        /// Jupyter's data folder holding kernels/ (default $JUPYTER_PATH or the user's).
+        #[arg(long)]
+        jupyter_dir: Option<PathBuf>,
+        /// Fail instead of running `cargo install evcxr_jupyter` when it is missing.
+        #[arg(long)]
+        no_install: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -394,6 +417,39 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             println!("report: {}", r.report.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Notebook(Notebook::Setup {
+            build_dir,
+            config_dir,
+            jupyter_dir,
+            no_install,
+        }) => {
+            let defaults = oml::kernel::SetupOptions::default();
+            let options = oml::kernel::SetupOptions {
+                build_root: build_dir.unwrap_or(defaults.build_root),
+                config_dir: config_dir.unwrap_or(defaults.config_dir),
+                jupyter_dir,
+                install_evcxr: !no_install,
+            };
+            let r = oml::kernel::setup(&options)?;
+            println!(
+                "kernel: {} (display name \"Rust (oml)\")",
+                r.kernel_json.display()
+            );
+            println!("evcxr configuration: {}", r.config_dir.display());
+            println!(
+                "build folder: {} (reused by every notebook; the first one compiles the stack)",
+                r.build_dir.display()
+            );
+            match r.jupyter {
+                Some(v) => {
+                    println!("jupyter: {v}; open the notebooks with `jupyter lab notebooks/`")
+                }
+                None => println!(
+                    "jupyter: not found; install it with `pip install jupyterlab`, then `jupyter lab notebooks/`"
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Train { config, set } => {
             let cfg = oml::pipeline::JobConfig::from_file(&config, &set)?;
             let r = oml::pipeline::train(&cfg)?;
@@ -403,11 +459,11 @@ fn run(command: Command) -> oml::Result<ExitCode> {
                 r.steps,
                 r.epochs,
                 r.seconds,
-                cfg.checkpoint_metric,
+                cfg.fit.checkpoint_metric,
                 r.best
                     .map(|(v, e)| format!("{v:.4} (epoch {e})"))
                     .unwrap_or_else(|| "-".into()),
-                cfg.logs_dir.display()
+                cfg.logs_dir().display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -419,7 +475,10 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             let cfg = oml::pipeline::JobConfig::from_file(&config, &set)?;
             let m = oml::pipeline::validate(&cfg, weights.as_deref())?;
             print!("{m}");
-            println!("written to {}", cfg.logs_dir.join("metrics.json").display());
+            println!(
+                "written to {}",
+                cfg.logs_dir().join("metrics.json").display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Predict {
@@ -513,8 +572,8 @@ fn parse_list<T: std::str::FromStr>(name: &'static str, text: &str) -> oml::Resu
 }
 
 fn evaluate(args: &EvaluateArgs) -> oml::Result<ExitCode> {
-    use oml::metrics::{MetricsConfig, NoGtPolicy, QueryMetric};
-    use oml::retrieval::{QueryGalleryInfo, SearchConfig};
+    use oml::metrics::{MetricsConfig, NoGtPolicy};
+    use oml::retrieval::SearchConfig;
     let no_gt_policy = match args.no_gt.as_str() {
         "oml" => NoGtPolicy::Oml,
         "skip" => NoGtPolicy::Skip,
@@ -527,7 +586,9 @@ fn evaluate(args: &EvaluateArgs) -> oml::Result<ExitCode> {
             });
         }
     };
-    let config = MetricsConfig {
+    let mut job = oml::pipeline::EvaluateJob::new(args.embeddings.clone(), args.data.clone());
+    job.dataset_root = args.dataset_root.clone();
+    job.metrics = MetricsConfig {
         cmc_top_k: parse_list("--cmc", &args.cmc)?,
         precision_top_k: parse_list("--precision", &args.precision)?,
         map_top_k: parse_list("--map", &args.map)?,
@@ -536,58 +597,27 @@ fn evaluate(args: &EvaluateArgs) -> oml::Result<ExitCode> {
         no_gt_policy,
         ..MetricsConfig::default()
     };
-    let search = SearchConfig {
+    job.search = SearchConfig {
         top_n: args.top_n,
         distance: args.distance.parse()?,
         ..SearchConfig::default()
     };
-    let options = CheckOptions {
-        dataset_root: args.dataset_root.clone(),
-        check_files: args.grid.is_some(),
-        ..CheckOptions::default()
-    };
-    let table = std::sync::Arc::new(oml::data::SampleTable::from_csv(&args.data, &options)?);
-    let mut embeddings = oml::retrieval::read_embeddings(&args.embeddings)?;
-    // `oml embed` writes every row of the CSV: keep the validation ones.
-    let validation = table.rows_of(oml::data::Split::Validation);
-    if embeddings.dim(0)? == table.len() && validation.len() != table.len() {
-        let ids: Vec<u32> = validation.iter().map(|&r| r as u32).collect();
-        let ids = oml::candle::Tensor::new(ids.as_slice(), embeddings.device())?;
-        embeddings = embeddings.index_select(&ids, 0)?;
-    }
-    let info = QueryGalleryInfo::from_table(&table);
-    let (rr, metrics) = oml::metrics::evaluate(&embeddings, &info, &config, &search)
-        .map_err(|e| oml::Error::Msg(format!("{}: {e}", args.embeddings.display())))?;
+    job.out = args.out.clone();
+    job.retrieved = args.retrieved.clone();
+    job.grid = args.grid.clone();
+    job.grid_queries = args.grid_queries;
+    let metrics = oml::pipeline::evaluate(&job)?;
     print!("{metrics}");
-    if let Some(out) = &args.out {
-        write_json(out, &metrics.to_json())?;
-        println!("metrics written to {}", out.display());
-    }
-    let dataset = oml::data::ImageQueryGalleryLabeledDataset::from_table(table.clone())?;
-    if let Some(path) = &args.retrieved {
-        let names: Vec<String> = (0..dataset.len())
-            .map(|i| table.paths[dataset.row(i)].clone())
-            .collect();
-        write_json(path, &rr.to_json(Some(&names), 10))?;
-        println!("per-query results written to {}", path.display());
-    }
-    if let Some(path) = &args.grid {
-        let worst = rr.worst_queries(QueryMetric::Cmc(1), args.grid_queries);
-        let grid = oml::viz::retrieval_grid(&rr, &dataset, &worst, args.top_n.min(8), 3, 96)?;
-        grid.save_png(path)?;
-        println!(
-            "retrieval grid of the {} worst queries written to {}",
-            worst.len(),
-            path.display()
-        );
+    for (what, path) in [
+        ("metrics", &job.out),
+        ("per-query results", &job.retrieved),
+        ("retrieval grid of the worst queries", &job.grid),
+    ] {
+        if let Some(p) = path {
+            println!("{what} written to {}", p.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_json(path: &Path, value: &serde_json::Value) -> oml::Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| oml::Error::Msg(format!("cannot write JSON: {e}")))?;
-    std::fs::write(path, text).map_err(|e| oml::Error::io("cannot write", path, e))
 }
 
 fn zoo(command: Zoo) -> oml::Result<ExitCode> {
@@ -678,82 +708,52 @@ fn zoo(command: Zoo) -> oml::Result<ExitCode> {
 }
 
 fn embed(args: &EmbedArgs) -> oml::Result<ExitCode> {
-    use oml::data::Transform;
-    let device = oml::device(&args.device)?;
-    if let Some(size) = args.pixels {
-        let options = CheckOptions {
-            dataset_root: args.dataset_root.clone(),
-            require_labels: false,
-            ..CheckOptions::default()
-        };
-        let table = std::sync::Arc::new(oml::data::SampleTable::from_csv(&args.data, &options)?);
-        let e = oml::data::pixel_embeddings(&oml::embed::TableImages(table.clone()), size)?;
-        oml::embed::write_embeddings(&args.out, &e, &table.paths, table.labels.as_deref())?;
-        println!(
-            "wrote {} ({} x {}, raw pixels)",
-            args.out.display(),
-            e.dim(0)?,
-            e.dim(1)?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let (mut spec, weights, default_transform) = match (&args.model, &args.arch, &args.weights) {
-        (Some(name), _, _) => {
-            let model = oml::zoo::find(name)?;
-            let path = oml::zoo::weights(model, &oml::zoo::Hub::from_env())?;
-            (model.spec()?, path, model.transform.clone())
-        }
-        (None, Some(arch), Some(weights)) => {
-            let paired = oml::zoo::models()?
-                .iter()
-                .find(|m| m.arch.as_deref() == Some(arch.as_str()))
-                .and_then(|m| m.transform.clone());
-            (oml::models::ModelSpec::new(arch), weights.clone(), paired)
+    use oml::pipeline::{EmbedJob, Embedder};
+    let with = match (args.pixels, &args.model, &args.arch, &args.weights) {
+        (Some(side), ..) => Embedder::Pixels(side),
+        (None, Some(name), _, _) => Embedder::Model(oml::Model::from_pretrained(name)?),
+        (None, None, Some(arch), Some(weights)) => {
+            Embedder::Model(oml::Model::from_file(arch, weights)?)
         }
         _ => {
             return Err(oml::Error::Msg(
-                "give --model NAME, or --arch ARCH with --weights FILE".into(),
+                "give --model NAME, --arch ARCH with --weights FILE, or --pixels SIDE".into(),
             ));
         }
     };
-    spec.normalise |= args.normalise;
-    let transform = match (&args.transform, default_transform) {
-        (Some(name), _) => Transform::preset(name, args.image_size.unwrap_or(224))?,
-        (None, Some(mut t)) => {
-            if let Some(s) = args.image_size {
-                t.im_size = s;
-                t.crop_size = None;
+    let with = match with {
+        Embedder::Model(mut m) => {
+            if let Some(name) = &args.transform {
+                let side = args
+                    .image_size
+                    .or(m.transform().output_size().map(|(h, _)| h))
+                    .unwrap_or(224);
+                m = m.with_transform(oml::data::Transform::preset(name, side)?);
+            } else if let Some(side) = args.image_size {
+                m = m.with_image_size(side)?;
             }
-            t.build()?
+            println!("{}", m.summary());
+            Embedder::Model(
+                m.with_device(&args.device)?
+                    .with_batch_size(args.batch_size)?,
+            )
         }
-        (None, None) => Transform::preset("norm_resize_torch", args.image_size.unwrap_or(224))?,
+        pixels => pixels,
     };
-    let options = CheckOptions {
+    let job = EmbedJob {
+        data: args.data.clone(),
         dataset_root: args.dataset_root.clone(),
-        require_labels: false,
-        ..CheckOptions::default()
+        out: args.out.clone(),
+        normalise: args.normalise,
+        with,
     };
-    let table = std::sync::Arc::new(oml::data::SampleTable::from_csv(&args.data, &options)?);
-    let net = oml::models::load(&spec, &weights, &device, None)?;
-    println!(
-        "embedding {} images of {} with {} ({} dims) on {}",
-        table.len(),
-        args.data.display(),
-        spec.arch,
-        net.feat_dim(),
-        args.device
-    );
     let start = std::time::Instant::now();
-    let source = std::sync::Arc::new(oml::embed::TableImages(table.clone()));
-    let e = oml::embed::embed(net.as_ref(), source, transform, args.batch_size, &device)?;
-    oml::embed::write_embeddings(&args.out, &e, &table.paths, table.labels.as_deref())?;
+    let (n, d) = oml::pipeline::embed(&job)?;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "wrote {} ({} x {}) in {secs:.1} s ({:.1} images/s)",
+        "wrote {} ({n} x {d}) in {secs:.1} s ({:.1} images/s)",
         args.out.display(),
-        e.dim(0)?,
-        e.dim(1)?,
-        table.len() as f64 / secs
+        n as f64 / secs
     );
     Ok(ExitCode::SUCCESS)
 }

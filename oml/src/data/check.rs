@@ -259,6 +259,24 @@ fn resolve(root: Option<&Path>, path: &str) -> PathBuf {
     }
 }
 
+impl crate::notebook::Show for CheckReport {
+    fn html(&self) -> Result<String> {
+        Ok(self.to_html())
+    }
+    fn plain(&self) -> String {
+        let head = if self.is_ok() {
+            format!("{}: OK", self.table.csv_path.display())
+        } else {
+            format!(
+                "{}: {} error(s)",
+                self.table.csv_path.display(),
+                self.errors().count()
+            )
+        };
+        format!("{head}\n{}", self.summary)
+    }
+}
+
 /// The outcome of [`check_csv`]: every problem, the summary, and the parsed table.
 #[derive(Debug, Clone)]
 pub struct CheckReport {
@@ -367,7 +385,7 @@ impl CheckReport {
 
     /// Shows the report inline in an evcxr notebook.
     pub fn evcxr_display(&self) {
-        crate::notebook::emit_html(&self.to_html());
+        crate::notebook::show(self);
     }
 
     /// A JSON object `{ok, summary, errors, warnings}` for `oml check-data --json`.

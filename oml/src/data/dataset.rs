@@ -155,9 +155,9 @@ impl ImageLabeledDataset {
         self.view.column(&self.view.table.categories)
     }
 
-    /// Row of item `i` in the CSV (0-based; the file line is `row + 2`).
-    pub fn row(&self, i: usize) -> usize {
-        self.view.rows[i]
+    /// Row of item `i` in the CSV (0-based; the file line is `row + 2`), `None` past the end.
+    pub fn row(&self, i: usize) -> Option<usize> {
+        self.view.rows.get(i).copied()
     }
 
     /// The whole checked table.
@@ -273,9 +273,9 @@ impl ImageQueryGalleryLabeledDataset {
         self.view.column(&self.view.table.sequences)
     }
 
-    /// Row of item `i` in the CSV (0-based; the file line is `row + 2`).
-    pub fn row(&self, i: usize) -> usize {
-        self.view.rows[i]
+    /// Row of item `i` in the CSV (0-based; the file line is `row + 2`), `None` past the end.
+    pub fn row(&self, i: usize) -> Option<usize> {
+        self.view.rows.get(i).copied()
     }
 
     /// The whole checked table.

@@ -368,6 +368,77 @@ impl Transform {
         size
     }
 
+    /// The same transform giving `size`-pixel outputs: every resize and crop scaled by
+    /// `size / output side` (OML's 256 -> 224 becomes 64 -> 56 for `size` 56). Fails for a
+    /// transform whose output size depends on the input.
+    pub fn resized(&self, size: u32) -> Result<Transform> {
+        if size == 0 {
+            return Err(Error::param("image_size", 0, "a size in pixels > 0"));
+        }
+        let Some((h, w)) = self.output_size() else {
+            return Err(Error::Msg(format!(
+                "transform {}: its output size depends on the input; give a transform instead \
+                 (Transform::preset(name, {size}))",
+                self.name
+            )));
+        };
+        let k = size as f64 / h.max(w) as f64;
+        let scale = |v: u32| ((v as f64 * k).round() as u32).max(1);
+        let ops = self
+            .ops
+            .iter()
+            .map(|op| match op.clone() {
+                Op::Resize {
+                    height,
+                    width,
+                    interpolation,
+                } => Op::Resize {
+                    height: scale(height),
+                    width: scale(width),
+                    interpolation,
+                },
+                Op::ResizeShorter {
+                    size,
+                    interpolation,
+                } => Op::ResizeShorter {
+                    size: scale(size),
+                    interpolation,
+                },
+                Op::LongestSidePad {
+                    size,
+                    fill,
+                    interpolation,
+                } => Op::LongestSidePad {
+                    size: scale(size),
+                    fill,
+                    interpolation,
+                },
+                Op::CenterCrop { height, width } => Op::CenterCrop {
+                    height: scale(height),
+                    width: scale(width),
+                },
+                Op::RandomResizedCrop {
+                    height,
+                    width,
+                    scale: s,
+                    ratio,
+                    interpolation,
+                } => Op::RandomResizedCrop {
+                    height: scale(height),
+                    width: scale(width),
+                    scale: s,
+                    ratio,
+                    interpolation,
+                },
+                other => other,
+            })
+            .collect();
+        Ok(Transform {
+            ops,
+            ..self.clone()
+        })
+    }
+
     /// Runs the geometric and colour steps on an 8-bit image.
     pub fn apply_image<R: Rng + ?Sized>(&self, image: &RgbImage, rng: &mut R) -> RgbImage {
         let mut img = image.clone();

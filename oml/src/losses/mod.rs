@@ -11,6 +11,7 @@
 //! Every loss returns a [`LossOutput`]: the scalar to minimise and OML's logs.
 
 pub mod arcface;
+pub mod config;
 pub mod miners;
 pub mod surrogate;
 pub mod triplet;
@@ -21,6 +22,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use arcface::{ArcFaceLoss, ArcFaceLossWithMLP, label_smoothing};
+pub use config::{CriterionConfig, CriterionContext, MinerConfig};
 pub use miners::{
     AllTripletsMiner, HardClusterMiner, HardTripletsMiner, MinerWithBank, NHardTripletsMiner,
     NRange, TripletMiner, TripletMinerWithMemory, Triplets,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::fnmr::fnmr_at_fmr;
 use super::pcf::pcf;
 use super::retrieval::QueryMetric;
-use crate::notebook::{emit_html, escape_html};
+use crate::notebook::{Show, escape_html};
 use crate::retrieval::{QueryGalleryInfo, RetrievalResults, SearchConfig};
 use crate::{Error, Result};
 
@@ -27,7 +27,7 @@ pub enum NoGtPolicy {
 }
 
 /// Which metrics to compute (OML's `EmbeddingMetrics` arguments, plus ours).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// `cmc@k` for these k.
@@ -71,6 +71,18 @@ impl Default for MetricsConfig {
 }
 
 impl MetricsConfig {
+    /// The metrics shown first in notebooks, reports and validation: cmc@1, cmc@5,
+    /// precision@5 and map@5 (no fnmr, no pcf).
+    pub fn common() -> Self {
+        MetricsConfig {
+            cmc_top_k: vec![1, 5],
+            precision_top_k: vec![5],
+            map_top_k: vec![5],
+            pcf_variance: vec![],
+            ..MetricsConfig::default()
+        }
+    }
+
     fn query_metrics(&self) -> Vec<QueryMetric> {
         let mut v = Vec::new();
         v.extend(self.cmc_top_k.iter().map(|&k| QueryMetric::Cmc(k)));
@@ -284,7 +296,113 @@ impl Metrics {
 
     /// Shows the table inline in an evcxr notebook.
     pub fn evcxr_display(&self) {
-        emit_html(&self.to_html());
+        crate::notebook::show(self);
+    }
+
+    /// `cmc@k` over all queries (NaN when it was not computed).
+    pub fn cmc(&self, k: usize) -> f64 {
+        self.overall().cmc(k)
+    }
+
+    /// `precision@k` over all queries (NaN when it was not computed).
+    pub fn precision(&self, k: usize) -> f64 {
+        self.overall().precision(k)
+    }
+
+    /// `map@k` over all queries (NaN when it was not computed).
+    pub fn map(&self, k: usize) -> f64 {
+        self.overall().map(k)
+    }
+
+    /// The metrics over all queries.
+    pub fn overall(&self) -> MetricsGroup<'_> {
+        MetricsGroup {
+            metrics: self,
+            group: OVERALL.to_owned(),
+        }
+    }
+
+    /// The metrics of the queries of one category (`None` for a category with no query).
+    pub fn category(&self, name: &str) -> Option<MetricsGroup<'_>> {
+        self.groups
+            .iter()
+            .any(|(g, _)| g == name)
+            .then(|| MetricsGroup {
+                metrics: self,
+                group: name.to_owned(),
+            })
+    }
+
+    /// The categories, in order of first appearance among the queries.
+    pub fn categories(&self) -> Vec<&str> {
+        self.groups
+            .iter()
+            .skip(1)
+            .map(|(g, _)| g.as_str())
+            .collect()
+    }
+
+    /// Every value as `(GROUP/metric/k, value)`, the keys a trainer's history uses.
+    pub fn flat(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (group, g) in &self.groups {
+            for (metric, values) in g {
+                for (k, v) in values {
+                    out.insert(format!("{group}/{metric}/{k}"), *v);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The metrics of one group of queries (all, or one category): typed accessors.
+#[derive(Debug, Clone)]
+pub struct MetricsGroup<'a> {
+    metrics: &'a Metrics,
+    group: String,
+}
+
+impl MetricsGroup<'_> {
+    /// A metric by name and key (`"fnmr@fmr"`, `"0.1"`), NaN when absent.
+    pub fn value(&self, metric: &str, key: &str) -> f64 {
+        self.metrics
+            .get(&self.group, metric, key)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// `cmc@k` (NaN when it was not computed).
+    pub fn cmc(&self, k: usize) -> f64 {
+        self.value("cmc", &k.to_string())
+    }
+
+    /// `precision@k`.
+    pub fn precision(&self, k: usize) -> f64 {
+        self.value("precision", &k.to_string())
+    }
+
+    /// `map@k`.
+    pub fn map(&self, k: usize) -> f64 {
+        self.value("map", &k.to_string())
+    }
+
+    /// `fnmr@fmr` for the fraction `fmr` (OVERALL only).
+    pub fn fnmr_at_fmr(&self, fmr: f64) -> f64 {
+        self.value("fnmr@fmr", &fmt_fraction(fmr))
+    }
+
+    /// `pcf` for the fraction `variance`.
+    pub fn pcf(&self, variance: f64) -> f64 {
+        self.value("pcf", &fmt_fraction(variance))
+    }
+}
+
+impl Show for Metrics {
+    fn html(&self) -> Result<String> {
+        Ok(self.to_html())
+    }
+    fn plain(&self) -> String {
+        self.to_table()
     }
 }
 
@@ -313,7 +431,7 @@ pub fn compute_metrics(rr: &RetrievalResults, config: &MetricsConfig) -> Result<
         ));
     }
     let nq = rr.n_queries();
-    let n_gt: Vec<usize> = (0..nq).map(|q| rr.n_gt(q)).collect();
+    let n_gt: Vec<usize> = (0..nq).map(|q| rr.n_gt_of(q)).collect();
     let without = n_gt.iter().filter(|&&n| n == 0).count();
     if without > 0 && config.no_gt_policy == NoGtPolicy::Error {
         return Err(Error::Msg(format!(
@@ -324,7 +442,7 @@ pub fn compute_metrics(rr: &RetrievalResults, config: &MetricsConfig) -> Result<
         .iter()
         .map(|&n| n > 0 || config.no_gt_policy == NoGtPolicy::Oml)
         .collect();
-    let hits: Vec<Vec<bool>> = (0..nq).map(|q| rr.hits(q)).collect();
+    let hits: Vec<Vec<bool>> = (0..nq).map(|q| rr.hits_of(q)).collect();
     let metrics = config.query_metrics();
     let values: Vec<Vec<f64>> = metrics
         .iter()
@@ -370,7 +488,7 @@ pub fn evaluate(
         top_n: search.top_n.max(config.max_k()),
         ..search.clone()
     };
-    let rr = RetrievalResults::from_embeddings(embeddings, info, &search)?;
+    let rr = RetrievalResults::from_embeddings_with(embeddings, info, &search)?;
     let mut metrics = compute_metrics(&rr, config)?;
     if !config.fmr_vals.is_empty() {
         let f = fnmr_at_fmr(embeddings, info, &search, &config.fmr_vals)?;

@@ -152,7 +152,7 @@ fn average_precision(hits: &[bool], k: usize) -> f64 {
 /// The value of `metric` for every query of `rr` (in query order).
 pub fn per_query(rr: &RetrievalResults, metric: QueryMetric) -> Vec<f64> {
     (0..rr.n_queries())
-        .map(|q| metric.value(&rr.hits(q), rr.n_gt(q)))
+        .map(|q| metric.value(&rr.hits_of(q), rr.n_gt_of(q)))
         .collect()
 }
 

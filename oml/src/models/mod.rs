@@ -13,6 +13,7 @@
 
 pub mod clip;
 pub mod layouts;
+pub mod model;
 pub mod resnet;
 pub mod vit;
 pub mod weights;
@@ -25,6 +26,7 @@ use candle_nn::{Conv2d, Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 pub use clip::{ClipConfig, ClipVisual};
+pub use model::Model;
 pub use resnet::{ResNetConfig, ResNetExtractor};
 pub use vit::{ViTConfig, ViTExtractor};
 
@@ -221,12 +223,39 @@ pub fn all_archs() -> Vec<&'static str> {
     v
 }
 
+/// A network given by its whole configuration instead of an arch name: small networks for tests
+/// and for glyph-sized images, other widths and depths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum NetworkConfig {
+    /// A ViT.
+    Vit(ViTConfig),
+    /// A ResNet.
+    Resnet(ResNetConfig),
+    /// A CLIP visual tower.
+    Clip(ClipConfig),
+}
+
+impl NetworkConfig {
+    fn family(&self) -> Family {
+        match self {
+            NetworkConfig::Vit(_) => Family::Vit,
+            NetworkConfig::Resnet(_) => Family::Resnet,
+            NetworkConfig::Clip(_) => Family::Clip,
+        }
+    }
+}
+
 /// An arch and its options: what to build before weights are loaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// OML's arch name (`vits14`, `resnet50`, `vitb32_224`, ...).
+    /// OML's arch name (`vits14`, `resnet50`, `vitb32_224`, ...), or a name of one's own for a
+    /// [`ModelSpec::network`] given in full.
     pub arch: String,
+    /// The network's whole configuration, when it is not one of the named archs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
     /// L2-normalise the output.
     #[serde(default)]
     pub normalise: bool,
@@ -253,6 +282,7 @@ impl ModelSpec {
     pub fn new(arch: &str) -> Self {
         ModelSpec {
             arch: arch.to_owned(),
+            network: None,
             normalise: false,
             gem_p: None,
             multi_scale: false,
@@ -261,9 +291,41 @@ impl ModelSpec {
         }
     }
 
+    /// A spec for a network given in full (`name` is how messages and files call it).
+    pub fn custom(name: &str, network: NetworkConfig) -> Self {
+        ModelSpec {
+            network: Some(network),
+            ..ModelSpec::new(name)
+        }
+    }
+
     /// The family, or an error listing the known archs.
     pub fn family(&self) -> Result<Family> {
-        Family::of(&self.arch)
+        match &self.network {
+            Some(n) => Ok(n.family()),
+            None => Family::of(&self.arch),
+        }
+    }
+
+    fn vit_config(&self) -> Result<ViTConfig> {
+        match &self.network {
+            Some(NetworkConfig::Vit(c)) => Ok(c.clone()),
+            _ => ViTConfig::from_arch(&self.arch),
+        }
+    }
+
+    fn resnet_config(&self) -> Result<ResNetConfig> {
+        match &self.network {
+            Some(NetworkConfig::Resnet(c)) => Ok(c.clone()),
+            _ => ResNetConfig::from_arch(&self.arch),
+        }
+    }
+
+    fn clip_config(&self) -> Result<ClipConfig> {
+        match &self.network {
+            Some(NetworkConfig::Clip(c)) => Ok(c.clone()),
+            _ => ClipConfig::from_arch(&self.arch),
+        }
     }
 
     fn check(&self) -> Result<Family> {
@@ -291,9 +353,9 @@ impl ModelSpec {
             return Ok(n);
         }
         Ok(match self.check()? {
-            Family::Vit => ViTConfig::from_arch(&self.arch)?.embed_dim,
-            Family::Resnet => ResNetConfig::from_arch(&self.arch)?.feat_dim(),
-            Family::Clip => ClipConfig::from_arch(&self.arch)?.output_dim,
+            Family::Vit => self.vit_config()?.embed_dim,
+            Family::Resnet => self.resnet_config()?.feat_dim(),
+            Family::Clip => self.clip_config()?.output_dim,
         })
     }
 
@@ -303,19 +365,19 @@ impl ModelSpec {
         let normalise = self.normalise && self.mlp.is_empty();
         let backbone: Box<dyn Extractor> = match family {
             Family::Vit => {
-                let mut cfg = ViTConfig::from_arch(&self.arch)?;
+                let mut cfg = self.vit_config()?;
                 cfg.normalise = normalise;
-                cfg.multi_scale = self.multi_scale;
+                cfg.multi_scale |= self.multi_scale;
                 Box::new(ViTExtractor::new(&cfg, vb.clone())?)
             }
             Family::Resnet => {
-                let mut cfg = ResNetConfig::from_arch(&self.arch)?;
+                let mut cfg = self.resnet_config()?;
                 cfg.normalise = normalise;
-                cfg.gem_p = self.gem_p;
+                cfg.gem_p = self.gem_p.or(cfg.gem_p);
                 Box::new(ResNetExtractor::new(&cfg, vb.clone())?)
             }
             Family::Clip => {
-                let mut cfg = ClipConfig::from_arch(&self.arch)?;
+                let mut cfg = self.clip_config()?;
                 cfg.normalise = normalise;
                 Box::new(ClipVisual::new(&cfg, vb.clone())?)
             }

@@ -24,12 +24,12 @@ impl RetrievalPostprocessor for ConstantThresholding {
         let mut retrieved = Vec::with_capacity(rr.n_queries());
         for q in 0..rr.n_queries() {
             let keep = rr
-                .distances(q)
+                .dists(q)
                 .iter()
                 .take_while(|&&d| d < self.threshold)
                 .count();
-            distances.push(rr.distances(q)[..keep].to_vec());
-            retrieved.push(rr.retrieved_ids(q)[..keep].to_vec());
+            distances.push(rr.dists(q)[..keep].to_vec());
+            retrieved.push(rr.ids(q)[..keep].to_vec());
         }
         rr.with_lists(distances, retrieved)
     }
@@ -60,13 +60,13 @@ impl RetrievalPostprocessor for AdaptiveThresholding {
         let mut distances = Vec::with_capacity(rr.n_queries());
         let mut retrieved = Vec::with_capacity(rr.n_queries());
         for q in 0..rr.n_queries() {
-            let d = rr.distances(q);
+            let d = rr.dists(q);
             let keep = d
                 .windows(2)
                 .position(|w| (w[1] - w[0]) as f64 > limit)
                 .map_or(d.len(), |i| i + 1);
             distances.push(d[..keep].to_vec());
-            retrieved.push(rr.retrieved_ids(q)[..keep].to_vec());
+            retrieved.push(rr.ids(q)[..keep].to_vec());
         }
         rr.with_lists(distances, retrieved)
     }
@@ -107,7 +107,7 @@ impl<S: PairwiseScorer> RetrievalPostprocessor for PairwiseReranker<S> {
         };
         let mut pairs = Vec::new();
         for (q, &query_item) in query_items.iter().enumerate() {
-            for &g in rr.retrieved_ids(q).iter().take(self.top_n) {
+            for &g in rr.ids(q).iter().take(self.top_n) {
                 pairs.push((query_item, gallery_items[g]));
             }
         }
@@ -123,8 +123,8 @@ impl<S: PairwiseScorer> RetrievalPostprocessor for PairwiseReranker<S> {
         let mut distances = Vec::with_capacity(rr.n_queries());
         let mut retrieved = Vec::with_capacity(rr.n_queries());
         for q in 0..rr.n_queries() {
-            let ids = rr.retrieved_ids(q);
-            let old = rr.distances(q);
+            let ids = rr.ids(q);
+            let old = rr.dists(q);
             let n = ids.len().min(self.top_n);
             let mut order: Vec<usize> = (0..n).collect();
             let s = &scores[offset..offset + n];
@@ -180,13 +180,13 @@ mod tests {
             categories: None,
             sequences: None,
         };
-        let rr = RetrievalResults::from_embeddings(
+        let rr = RetrievalResults::from_embeddings_with(
             &e,
             &info,
             &crate::retrieval::SearchConfig::default(),
         )
         .expect("rr");
-        assert_eq!(rr.retrieved_ids(0), &[1, 2, 3, 4]);
+        assert_eq!(rr.retrieved_ids(0).expect("query"), &[1, 2, 3, 4]);
         let out = PairwiseReranker {
             top_n: 3,
             scorer: Reverse,
@@ -194,11 +194,11 @@ mod tests {
         .process(&rr)
         .expect("rerank");
         // Items 1, 2, 3 (gallery indices) rescored 99, 98, 97: reversed; item 4 stays last.
-        assert_eq!(out.retrieved_ids(0), &[3, 2, 1, 4]);
-        let d = out.distances(0);
+        assert_eq!(out.retrieved_ids(0).expect("query"), &[3, 2, 1, 4]);
+        let d = out.distances(0).expect("query");
         assert!(d.windows(2).all(|w| w[0] <= w[1]), "{d:?}");
         assert!(d[2] < 4.0, "rescaled below the first kept distance: {d:?}");
-        assert_eq!(out.gt_ids(0), vec![1], "ground truths kept");
+        assert_eq!(out.gt_ids(0).expect("query"), vec![1], "ground truths kept");
         assert!(
             PairwiseReranker {
                 top_n: 1,
@@ -220,16 +220,16 @@ mod tests {
         let c = ConstantThresholding { threshold: 0.5 }
             .process(&rr)
             .expect("constant");
-        assert_eq!(c.retrieved_ids(0), &[0, 1]);
+        assert_eq!(c.retrieved_ids(0).expect("query"), &[0, 1]);
         assert!(
-            c.retrieved_ids(1).is_empty(),
+            c.retrieved_ids(1).expect("query").is_empty(),
             "strictly below the threshold"
         );
         // Gaps 0.1, 0.7, 0.1: mean 0.3; 2 x mean = 0.6 < 0.7 cuts after the second item.
         let a = AdaptiveThresholding { n_std: 2.0 }
             .process(&rr)
             .expect("adaptive");
-        assert_eq!(a.retrieved_ids(0), &[0, 1]);
-        assert_eq!(a.retrieved_ids(1), &[1]);
+        assert_eq!(a.retrieved_ids(0).expect("query"), &[0, 1]);
+        assert_eq!(a.retrieved_ids(1).expect("query"), &[1]);
     }
 }

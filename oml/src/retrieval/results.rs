@@ -257,6 +257,41 @@ struct Inner {
     query_ids: Option<Vec<usize>>,
     gallery_ids: Option<Vec<usize>>,
     query_categories: Option<Vec<String>>,
+    /// The embeddings and items the results were searched from (metrics that need every pair or
+    /// every embedding, and a deeper search, use them).
+    source: Option<Source>,
+}
+
+#[derive(Debug)]
+struct Source {
+    embeddings: Tensor,
+    info: QueryGalleryInfo,
+    search: SearchConfig,
+}
+
+/// What items of a query/gallery set are (labels, query and gallery flags, categories,
+/// sequences): the validation datasets, or a [`QueryGalleryInfo`] itself.
+pub trait QueryGallerySet {
+    /// The items' retrieval information, in the dataset's order.
+    fn query_gallery_info(&self) -> QueryGalleryInfo;
+}
+
+impl QueryGallerySet for QueryGalleryInfo {
+    fn query_gallery_info(&self) -> QueryGalleryInfo {
+        self.clone()
+    }
+}
+
+impl QueryGallerySet for ImageQueryGalleryLabeledDataset {
+    fn query_gallery_info(&self) -> QueryGalleryInfo {
+        QueryGalleryInfo::from_dataset(self)
+    }
+}
+
+impl QueryGallerySet for crate::data::ImageQueryGalleryDataset {
+    fn query_gallery_info(&self) -> QueryGalleryInfo {
+        QueryGalleryInfo::from_table(self.table())
+    }
 }
 
 /// Per query, its retrieved gallery items (indices into the gallery, distances ascending, ties by
@@ -305,14 +340,32 @@ impl RetrievalResults {
                 query_ids: None,
                 gallery_ids: None,
                 query_categories: None,
+                source: None,
             }),
         })
     }
 
-    /// Retrieval over one set of items (OML's `from_embeddings`): `embeddings` is `[N, D]`, row `i`
-    /// the item `i` of `info`; queries and galleries are the items flagged so. An item never
-    /// retrieves itself; items of the query's sequence are excluded from results and ground truths.
+    /// OML's `RetrievalResults.from_embeddings(embeddings, dataset, n_items)`: the `n_items`
+    /// nearest gallery items of every query of `items` (a validation dataset), by Euclidean
+    /// distance. `embeddings` is `[N, D]`, row `i` the item `i` of the dataset (as
+    /// [`crate::Model::embed`] gives them). An item never retrieves itself; items of the query's
+    /// sequence are excluded from results and ground truths.
     pub fn from_embeddings(
+        embeddings: &Tensor,
+        items: &dyn QueryGallerySet,
+        n_items: usize,
+    ) -> Result<Self> {
+        let config = SearchConfig {
+            top_n: n_items,
+            ..SearchConfig::default()
+        };
+        Self::from_embeddings_with(embeddings, &items.query_gallery_info(), &config)
+    }
+
+    /// Retrieval over one set of items with every search setting (distance, depth, block sizes):
+    /// `embeddings` is `[N, D]`, row `i` the item `i` of `info`; queries and galleries are the
+    /// items flagged so.
+    pub fn from_embeddings_with(
         embeddings: &Tensor,
         info: &QueryGalleryInfo,
         config: &SearchConfig,
@@ -322,7 +375,7 @@ impl RetrievalResults {
             .categories
             .as_ref()
             .map(|c| p.query_ids.iter().map(|&i| c[i].clone()).collect());
-        Self::search(
+        let mut rr = Self::search(
             &p.queries,
             &p.gallery,
             p.labels,
@@ -330,7 +383,57 @@ impl RetrievalResults {
             categories,
             Some((p.query_ids, p.gallery_ids)),
             config,
-        )
+        )?;
+        if let Some(inner) = Arc::get_mut(&mut rr.inner) {
+            inner.source = Some(Source {
+                embeddings: embeddings.clone(),
+                info: info.clone(),
+                search: config.clone(),
+            });
+        }
+        Ok(rr)
+    }
+
+    /// The metrics a notebook shows first: cmc@1, cmc@5, precision@5 and map@5 (OML's
+    /// `calc_retrieval_metrics_rr` with those k), over all queries and per category.
+    pub fn metrics(&self) -> Result<crate::metrics::Metrics> {
+        self.metrics_with(&crate::metrics::MetricsConfig::common())
+    }
+
+    /// The metrics of `config`. Metrics over every pair or every embedding (fnmr@fmr, pcf), and a
+    /// k deeper than the search went, search again from the embeddings these results were built
+    /// from; results without them (explicit lists, post-processed ones) get those refused.
+    pub fn metrics_with(
+        &self,
+        config: &crate::metrics::MetricsConfig,
+    ) -> Result<crate::metrics::Metrics> {
+        let deep_enough = match &self.inner.source {
+            Some(src) => src.search.top_n >= config.max_k(),
+            None => true,
+        };
+        if deep_enough && config.fmr_vals.is_empty() && config.pcf_variance.is_empty() {
+            return crate::metrics::compute_metrics(self, config);
+        }
+        match &self.inner.source {
+            Some(src) => {
+                Ok(crate::metrics::evaluate(&src.embeddings, &src.info, config, &src.search)?.1)
+            }
+            None => Err(Error::Msg(
+                "fnmr@fmr and pcf need the embeddings: build the results with \
+                 RetrievalResults::from_embeddings, or use oml::metrics::evaluate"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The retrieval grid of these results over the images of `dataset` (the one the embeddings
+    /// were computed on): six varied queries by default; `.queries(..)`, `.worst(n)`,
+    /// `.results(n)`, `.gt(n)`, `.size(px)` change it. Displays itself in a notebook.
+    pub fn visualize<D: crate::data::ImageSource + Clone + 'static>(
+        &self,
+        dataset: &D,
+    ) -> crate::viz::RetrievalGrid {
+        crate::viz::RetrievalGrid::new(self.clone(), Arc::new(dataset.clone()))
     }
 
     /// Retrieval of separate query and gallery sets (OML's `from_embeddings_qg`): nothing is
@@ -450,6 +553,7 @@ impl RetrievalResults {
                 query_ids,
                 gallery_ids,
                 query_categories,
+                source: None,
             }),
         })
     }
@@ -471,6 +575,7 @@ impl RetrievalResults {
                 query_ids: self.inner.query_ids.clone(),
                 gallery_ids: self.inner.gallery_ids.clone(),
                 query_categories: self.inner.query_categories.clone(),
+                source: None,
             }),
         })
     }
@@ -492,6 +597,7 @@ impl RetrievalResults {
                 query_ids: self.inner.query_ids.clone(),
                 gallery_ids: self.inner.gallery_ids.clone(),
                 query_categories: Some(categories),
+                source: None,
             }),
         })
     }
@@ -501,13 +607,21 @@ impl RetrievalResults {
         self.inner.distances.len()
     }
 
-    /// Distances of query `q`'s results, ascending.
-    pub fn distances(&self, q: usize) -> &[f32] {
+    /// Distances of query `q`'s results, ascending (`None` past the last query).
+    pub fn distances(&self, q: usize) -> Option<&[f32]> {
+        self.inner.distances.get(q).map(Vec::as_slice)
+    }
+
+    /// Gallery indices retrieved for query `q`, nearest first (`None` past the last query).
+    pub fn retrieved_ids(&self, q: usize) -> Option<&[usize]> {
+        self.inner.retrieved.get(q).map(Vec::as_slice)
+    }
+
+    pub(crate) fn dists(&self, q: usize) -> &[f32] {
         &self.inner.distances[q]
     }
 
-    /// Gallery indices retrieved for query `q`, nearest first.
-    pub fn retrieved_ids(&self, q: usize) -> &[usize] {
+    pub(crate) fn ids(&self, q: usize) -> &[usize] {
         &self.inner.retrieved[q]
     }
 
@@ -526,8 +640,12 @@ impl RetrievalResults {
         self.inner.gt.is_some()
     }
 
-    /// Number of ground truths of query `q` (0 without labels).
-    pub fn n_gt(&self, q: usize) -> usize {
+    /// Number of ground truths of query `q` (0 without labels; `None` past the last query).
+    pub fn n_gt(&self, q: usize) -> Option<usize> {
+        (q < self.n_queries()).then(|| self.n_gt_of(q))
+    }
+
+    pub(crate) fn n_gt_of(&self, q: usize) -> usize {
         match &self.inner.gt {
             None => 0,
             Some(GroundTruth::Explicit(gt)) => gt[q].len(),
@@ -535,8 +653,13 @@ impl RetrievalResults {
         }
     }
 
-    /// Ground-truth gallery indices of query `q`, ascending (empty without labels).
-    pub fn gt_ids(&self, q: usize) -> Vec<usize> {
+    /// Ground-truth gallery indices of query `q`, ascending (empty without labels; `None` past
+    /// the last query).
+    pub fn gt_ids(&self, q: usize) -> Option<Vec<usize>> {
+        (q < self.n_queries()).then(|| self.gt_of(q))
+    }
+
+    pub(crate) fn gt_of(&self, q: usize) -> Vec<usize> {
         match &self.inner.gt {
             None => Vec::new(),
             Some(GroundTruth::Explicit(gt)) => gt[q].clone(),
@@ -557,8 +680,11 @@ impl RetrievalResults {
         }
     }
 
-    /// Whether gallery item `g` is a ground truth of query `q`.
+    /// Whether gallery item `g` is a ground truth of query `q` (false for indices out of range).
     pub fn is_gt(&self, q: usize, g: usize) -> bool {
+        if q >= self.n_queries() {
+            return false;
+        }
         match &self.inner.gt {
             None => false,
             Some(GroundTruth::Explicit(gt)) => gt[q].binary_search(&g).is_ok(),
@@ -567,16 +693,29 @@ impl RetrievalResults {
                 gallery_labels,
                 exclusion,
                 ..
-            }) => query_labels[q] == gallery_labels[g] && !exclusion.excluded(q, g),
+            }) => gallery_labels.get(g) == Some(&query_labels[q]) && !exclusion.excluded(q, g),
         }
     }
 
-    /// Per retrieved position of query `q`: whether it is a ground truth.
-    pub fn hits(&self, q: usize) -> Vec<bool> {
+    /// Per retrieved position of query `q`: whether it is a ground truth (`None` past the last
+    /// query).
+    pub fn hits(&self, q: usize) -> Option<Vec<bool>> {
+        (q < self.n_queries()).then(|| self.hits_of(q))
+    }
+
+    pub(crate) fn hits_of(&self, q: usize) -> Vec<bool> {
         self.inner.retrieved[q]
             .iter()
             .map(|&g| self.is_gt(q, g))
             .collect()
+    }
+
+    /// The label of every query, when results were built from labelled items.
+    pub fn query_labels(&self) -> Option<&[i64]> {
+        match &self.inner.gt {
+            Some(GroundTruth::Labels { query_labels, .. }) => Some(query_labels),
+            _ => None,
+        }
     }
 
     /// Category of every query, when known.
@@ -627,10 +766,10 @@ impl RetrievalResults {
                     .map(|&g| name(gallery_item(g)))
                     .collect(),
                 distances: self.inner.distances[q].clone(),
-                is_gt: self.hits(q),
-                n_gt: self.n_gt(q),
+                is_gt: self.hits_of(q),
+                n_gt: self.n_gt_of(q),
                 gt: self
-                    .gt_ids(q)
+                    .gt_of(q)
                     .into_iter()
                     .take(max_gt)
                     .map(|g| name(gallery_item(g)))

@@ -8,9 +8,11 @@
 
 mod balance;
 mod category_balance;
+mod config;
 
 pub use balance::BalanceSampler;
 pub use category_balance::{CategoryBalanceSampler, DistinctCategoryBalanceSampler};
+pub use config::SamplerConfig;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -70,6 +70,27 @@ fn default_eps() -> f64 {
 }
 
 impl OptimizerKind {
+    /// AdamW with torch's defaults (weight decay 0.01, betas (0.9, 0.999), eps 1e-8).
+    pub fn adamw(lr: f64) -> Self {
+        OptimizerKind::Adamw {
+            lr,
+            weight_decay: default_wd(),
+            betas: default_betas(),
+            eps: default_eps(),
+        }
+    }
+
+    /// The same rule with another base learning rate.
+    pub fn with_lr(self, rate: f64) -> OptimizerKind {
+        let mut k = self;
+        match &mut k {
+            OptimizerKind::Adamw { lr, .. }
+            | OptimizerKind::Adam { lr, .. }
+            | OptimizerKind::Sgd { lr, .. } => *lr = rate,
+        }
+        k
+    }
+
     /// The base learning rate.
     pub fn lr(&self) -> f64 {
         match *self {

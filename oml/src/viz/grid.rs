@@ -11,7 +11,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{ImageLabeledDataset, ImageSource};
-use crate::notebook::{emit_html, escape_html, png_data_url};
+use crate::notebook::{escape_html, png_data_url};
 use crate::{Error, Result};
 
 /// One image in a grid.
@@ -165,10 +165,25 @@ impl ImageGrid {
 
     /// Shows the grid inline in an evcxr notebook (HTML).
     pub fn evcxr_display(&self) {
-        match self.to_html() {
-            Ok(html) => emit_html(&html),
-            Err(e) => println!("cannot render the grid: {e}"),
-        }
+        crate::notebook::show(self);
+    }
+}
+
+impl crate::notebook::Show for ImageGrid {
+    fn html(&self) -> Result<String> {
+        self.to_html()
+    }
+    fn plain(&self) -> String {
+        let tiles: usize = self.rows.iter().map(|(_, t)| t.len()).sum();
+        format!(
+            "[{}: {} rows, {tiles} images]",
+            if self.title.is_empty() {
+                "image grid"
+            } else {
+                &self.title
+            },
+            self.rows.len()
+        )
     }
 }
 
