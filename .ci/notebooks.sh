@@ -1,58 +1,67 @@
 #!/usr/bin/env bash
-# Executes every notebook in notebooks/ with the evcxr Rust kernel, headless, and fails on a cell
-# error or a notebook without a rich (image or HTML) output.
+# Executes every notebook in notebooks/ with the evcxr Rust kernel, headless, set up by the same
+# `oml notebook setup` a user runs, and fails on a cell error, a compile error or a notebook without
+# a rich (image or HTML) output.
+#
+#   .ci/notebooks.sh            execute into $OML_CI_CACHE/executed/ and check
+#   .ci/notebooks.sh --write    also write the executed notebooks (with their outputs) back into
+#                               notebooks/, as they are committed
+#   .ci/notebooks.sh --write 05_metric_learning_101   only the notebooks named
 set -euo pipefail
 cd "$(dirname "$0")/.."
+write=0
+if [ "${1:-}" = "--write" ]; then
+  write=1
+  shift
+fi
+only=("$@")
 cache="${OML_CI_CACHE:-$HOME/.cache/oml-ci}"
 mkdir -p "$cache"
+export PATH="$HOME/.cargo/bin:$PATH"
 
-if ! command -v evcxr_jupyter >/dev/null; then
-  cargo install evcxr_jupyter --version 0.22.0 --locked --target-dir "$cache/evcxr-install-target"
-fi
 venv="$cache/jupyter-venv"
 if [ ! -x "$venv/bin/jupyter-nbconvert" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q jupyter_client nbclient nbformat nbconvert ipykernel
 fi
+# The kernel goes where this script's Jupyter looks (a user's goes into their own Jupyter folder).
 export JUPYTER_PATH="$cache/jupyter"
 export JUPYTER_DATA_DIR="$cache/jupyter"
-evcxr_jupyter --install >/dev/null
+# The README's setup command: installs evcxr_jupyter when missing, writes the kernel with oml's
+# evcxr configuration (a fixed build folder reused by every notebook, cells unoptimised, the crates
+# they use optimised).
+cargo run --quiet -- notebook setup --jupyter-dir "$JUPYTER_PATH" \
+  --install-target-dir "$cache/evcxr-install-target"
 
-# evcxr compiles each notebook's crate in its own folder: a fixed one lets later notebooks (and
-# later runs) reuse it; no optimisation keeps the cold compile short. Not under $HOME: rustc writes a
-# relative rpath to the toolchain's libstd that is off by one level for the library evcxr loads
-# when both share the /root prefix ("dlopen failed"); the library path below is a second guard.
-evcxr_root="${OML_EVCXR_ROOT:-/var/tmp/oml-evcxr}"
-export EVCXR_TMPDIR="$evcxr_root/build"
-export LD_LIBRARY_PATH="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export EVCXR_CONFIG_DIR="$cache/evcxr-config"
-mkdir -p "$EVCXR_TMPDIR" "$EVCXR_CONFIG_DIR"
-printf '[evcxr]\nopt_level = "0"\n' > "$EVCXR_CONFIG_DIR/evcxr.toml"
-printf ':opt 0\n' > "$EVCXR_CONFIG_DIR/init.evcxr"
-# The cells compile unoptimised (fast), the crates they use optimised: candle's matrix products are
-# 50x slower at opt 0, which would make the fine-tuning notebook useless. Cargo reads this file
-# in the folder above evcxr's build folder (evcxr writes its own .cargo/config.toml inside it).
-# polars stays unoptimised (slow to compile, only reads small CSVs here).
-mkdir -p "$evcxr_root/.cargo"
-{
-  printf '[profile.dev.package."*"]\nopt-level = 3\ndebug = false\ndebug-assertions = false\noverflow-checks = false\n'
-  for p in polars polars-core polars-io polars-arrow polars-compute polars-utils polars-parquet polars-ops; do
-    printf '[profile.dev.package.%s]\nopt-level = 0\n' "$p"
-  done
-} > "$evcxr_root/.cargo/config.toml"
-# Notebooks never wait for the Hub: the zoo reads its cache only (03 then uses the local weights).
+# Notebooks never wait for the Hub. The zoo model of notebooks 03 and 04 comes from a local weights
+# folder: the real DINOv2-S/14 of shared/ (see shared/DATA.md) under the zoo's name.
 export OML_OFFLINE=1
 export OML_PROGRESS=lines
+weights="$cache/weights"
+mkdir -p "$weights"
+for d in ../shared/weights /work/shared/weights; do
+  if [ -f "$d/vits14_dinov2_imgfocus.safetensors" ]; then
+    ln -sf "$(cd "$d" && pwd)/vits14_dinov2_imgfocus.safetensors" "$weights/vits14_dinov2.safetensors"
+    break
+  fi
+done
+export OML_WEIGHTS_DIR="$weights"
 
 out="$cache/executed"
 mkdir -p "$out"
 for nb in notebooks/*.ipynb; do
   name=$(basename "$nb" .ipynb)
+  if [ ${#only[@]} -gt 0 ] && [[ ! " ${only[*]} " =~ " ${name} " ]]; then
+    continue
+  fi
   t0=$(date +%s)
   # cargo must write where evcxr loads from: no inherited target dir.
   (cd notebooks && env -u CARGO_TARGET_DIR "$venv/bin/jupyter-nbconvert" --to notebook --execute \
-     --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=rust \
+     --ExecutePreprocessor.timeout=2400 --ExecutePreprocessor.kernel_name=rust \
      "$name.ipynb" --output "$out/$name.ipynb")
   "$venv/bin/python" .ci/check_notebook.py "$out/$name.ipynb"
   echo "$name: executed in $(( $(date +%s) - t0 )) s"
+  if [ $write = 1 ]; then
+    "$venv/bin/python" .ci/check_notebook.py --strip-timings "$out/$name.ipynb" "$nb"
+  fi
 done

@@ -403,3 +403,83 @@ fn embed_import_evaluate_train_validate_predict() {
         text(&out)
     );
 }
+
+/// `oml notebook setup` with a stand-in `evcxr_jupyter` (which writes a kernel spec as the real one
+/// does): the kernel gets oml's evcxr configuration and the toolchain's library path, evcxr a fixed
+/// build folder with cells unoptimised, cargo the optimised dependencies. Without evcxr and with
+/// --no-install it says what to install.
+#[cfg(unix)]
+#[test]
+fn notebook_setup_configures_the_kernel_evcxr_and_cargo() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let fake = bin.join("evcxr_jupyter");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$1\" in\n  --help) echo 'To install, run:';;\n  --install) mkdir -p \"$JUPYTER_PATH/kernels/rust\" && printf '{\"argv\":[\"evcxr_jupyter\",\"--control_file\",\"{connection_file}\"],\"display_name\":\"Rust\",\"language\":\"rust\"}' > \"$JUPYTER_PATH/kernels/rust/kernel.json\";;\n  *) exit 2;;\nesac\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (jupyter, build, config) = (
+        dir.path().join("jupyter"),
+        dir.path().join("build"),
+        dir.path().join("config"),
+    );
+    let args = [
+        "notebook",
+        "setup",
+        "--no-install",
+        "--jupyter-dir",
+        jupyter.to_str().expect("utf8"),
+        "--build-dir",
+        build.to_str().expect("utf8"),
+        "--config-dir",
+        config.to_str().expect("utf8"),
+    ];
+    let out = oml_env(&args, &[("PATH", &path)]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(jupyter.join("kernels/rust/kernel.json")).expect("kernel.json"),
+    )
+    .expect("json");
+    assert_eq!(spec["argv"][1], "--control_file", "evcxr's own spec kept");
+    assert_eq!(
+        spec["env"]["EVCXR_CONFIG_DIR"],
+        config.to_str().expect("utf8")
+    );
+    let ld = spec["env"]["LD_LIBRARY_PATH"].as_str().expect("ld");
+    assert!(ld.contains("rustlib"), "{ld}");
+    let toml = std::fs::read_to_string(config.join("evcxr.toml")).expect("evcxr.toml");
+    assert!(
+        toml.contains(&format!("tmpdir = \"{}\"", build.join("build").display())),
+        "{toml}"
+    );
+    assert!(toml.contains("opt_level = \"0\""), "{toml}");
+    let cargo = std::fs::read_to_string(build.join(".cargo/config.toml")).expect("cargo config");
+    assert!(
+        cargo.contains("[profile.dev.package.\"*\"]\nopt-level = 3"),
+        "{cargo}"
+    );
+    assert!(
+        cargo.contains("[profile.dev.package.polars]\nopt-level = 0"),
+        "{cargo}"
+    );
+    // Run twice: the same result (idempotent).
+    assert!(oml_env(&args, &[("PATH", &path)]).status.success());
+
+    // No evcxr_jupyter on PATH and no installing: one clear line.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("empty");
+    let out = oml_env(&args, &[("PATH", empty.to_str().expect("utf8"))]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cargo install evcxr_jupyter"), "{stderr}");
+}

@@ -22,6 +22,8 @@ fn hub(cache: &Path, endpoint: &str) -> Hub {
         timeout: Duration::from_secs(2),
         token: None,
         local_dir: None,
+        oml_checkpoints: cache.join("oml-checkpoints"),
+        checkpoints_url: format!("{endpoint}/download/checkpoints"),
     }
 }
 
@@ -115,12 +117,24 @@ fn the_list_is_consistent_with_the_networks_and_transforms() {
         "openai_vitb32_224",
         "openai_vitb16_224",
         "openai_vitl14_224",
+        "vits16_inshop",
+        "vits16_sop",
+        "vits16_cub",
+        "vits16_cars",
+        "vits16_224_mlp_384_inshop",
+        "resnet50_moco_v2",
     ] {
         assert!(names.contains(&expected), "{expected} missing from the zoo");
     }
     let mut supported = 0;
     for m in all {
-        assert!(m.hub_repo.contains('/'), "{}: repo {}", m.name, m.hub_repo);
+        if m.is_oml_checkpoint() {
+            let hash = m.oml_hash.as_deref().unwrap_or_default();
+            assert!(hash.len() >= 6, "{}: OML's md5 prefix", m.name);
+            assert!(m.oml_fname.is_some(), "{}", m.name);
+        } else {
+            assert!(m.hub_repo.contains('/'), "{}: repo {}", m.name, m.hub_repo);
+        }
         if !m.in_oml {
             assert!(!m.supported() || m.transform.is_some(), "{}", m.name);
             continue;
@@ -275,4 +289,230 @@ fn from_pretrained_names_unknown_models_and_unsupported_ones() {
         .expect_err("unsupported")
         .to_string();
     assert!(e.contains("no network in this version"), "{e}");
+}
+
+/// A file server: `GET path` answers 200 with the file, anything else 404. Serves `requests`
+/// requests.
+fn file_server(
+    files: Vec<(String, Vec<u8>)>,
+    requests: usize,
+) -> (String, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handle = std::thread::spawn(move || {
+        let mut served = 0;
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.expect("stream");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut first = String::new();
+            reader.read_line(&mut first).expect("request line");
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).expect("read") == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = first
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    stream.write_all(head.as_bytes()).expect("head");
+                    stream.write_all(body).expect("body");
+                }
+                None => {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                }
+            }
+            served += 1;
+        }
+        served
+    });
+    (format!("http://{addr}"), handle)
+}
+
+/// A safetensors file of `tensors` (any order) whose md5 starts with `prefix`: an ignorable
+/// `head.nonce` tensor is written last and varied until the hash fits (the hasher's state after the
+/// rest is computed once, so each try hashes one block).
+fn safetensors_with_md5_prefix(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    prefix: &str,
+) -> Vec<u8> {
+    use md5::{Digest, Md5};
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for name in names {
+        let t = &tensors[name];
+        let values: Vec<f32> = t.flatten_all().expect("flat").to_vec1().expect("f32");
+        let start = data.len();
+        for v in values {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
+        );
+    }
+    let start = data.len();
+    header.insert(
+        "head.nonce".into(),
+        serde_json::json!({"dtype": "F32", "shape": [4], "data_offsets": [start, start + 16]}),
+    );
+    let mut text = serde_json::Value::Object(header).to_string();
+    while !(text.len() + 8).is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(text.as_bytes());
+    file.extend_from_slice(&data);
+    let mut state = Md5::new();
+    state.update(&file);
+    let want: Vec<u8> = (0..prefix.len() / 2)
+        .map(|i| u8::from_str_radix(&prefix[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    for nonce in 0u64.. {
+        let bytes = [nonce.to_le_bytes(), 0x3f80_0000_3f80_0000u64.to_le_bytes()].concat();
+        let mut h = state.clone();
+        h.update(&bytes);
+        if h.finalize().starts_with(&want) {
+            file.extend_from_slice(&bytes);
+            break;
+        }
+    }
+    file
+}
+
+/// OML's own checkpoints: downloaded from OML's storage (a stand-in here) into OML's checkpoint
+/// folder, md5-checked as OML checks them, converted once into safetensors, then used from there
+/// without any network. A download with another hash is refused and removed.
+#[test]
+fn oml_checkpoints_download_check_convert_and_cache() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = zoo::find("vits16_cars").expect("entry");
+    let weights = oml::Model::init(model.spec().expect("spec"), 5).expect("init");
+    let ckpt = safetensors_with_md5_prefix(
+        &weights.state_dict(),
+        model.oml_hash.as_deref().expect("hash"),
+    );
+    let (endpoint, server) = file_server(
+        vec![
+            ("/download/checkpoints/cars/vits16_cars.ckpt".into(), ckpt),
+            (
+                "/download/checkpoints/sop/vits16_sop_21e743.ckpt".into(),
+                b"not it".to_vec(),
+            ),
+        ],
+        2,
+    );
+    let h = hub(dir.path(), &endpoint);
+    let found = zoo::locate(model, &h).expect("download, check, convert");
+    assert!(found.origin.contains("downloaded from"), "{}", found.origin);
+    assert_eq!(
+        found.path,
+        h.oml_checkpoints.join("vits16_cars.safetensors")
+    );
+    assert!(
+        h.oml_checkpoints.join("vits16_cars.ckpt").is_file(),
+        "OML's file kept"
+    );
+    let back = oml::Model::from_spec(model.spec().expect("spec"), &found.path).expect("load");
+    for (k, t) in weights.state_dict() {
+        let diff = (&t - &back.state_dict()[&k])
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("diff");
+        assert_eq!(diff, 0.0, "{k}");
+    }
+    let e = zoo::locate(zoo::find("vits16_sop").expect("entry"), &h)
+        .expect_err("another hash")
+        .to_string();
+    assert!(e.contains("md5") && e.contains("21e743"), "{e}");
+    assert!(
+        std::fs::read_dir(&h.oml_checkpoints)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .all(|e| !e.file_name().to_string_lossy().contains("sop")),
+        "nothing of the refused download stays"
+    );
+    assert_eq!(server.join().expect("server"), 2);
+    // Offline now: the converted file is used.
+    let mut off = hub(dir.path(), "http://127.0.0.1:9");
+    off.offline = true;
+    let again = zoo::locate(model, &off).expect("cached");
+    assert!(again.origin.contains("converted"), "{}", again.origin);
+    assert!(zoo::is_cached(model, &off));
+    let e = zoo::locate(zoo::find("vits16_cub").expect("entry"), &off)
+        .expect_err("offline")
+        .to_string();
+    assert!(e.contains("network is off"), "{e}");
+}
+
+/// The README's first command with a reachable Hub (a stand-in serving a ViT-S/14) and an empty
+/// cache: the demo downloads the zoo's model, says so, and fine-tunes it.
+#[test]
+fn the_demo_downloads_the_zoo_model_from_an_empty_cache_and_fine_tunes_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("vits14.safetensors");
+    oml::Model::init(oml::models::ModelSpec::new("vits14"), 1)
+        .expect("init")
+        .save(&file)
+        .expect("save");
+    let body = std::fs::read(&file).expect("read");
+    let (endpoint, server) = fake_hub(body.clone(), sha256(&body), 2);
+    let home = dir.path().join("hf");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oml"))
+        .args(["demo", "--budget", "4", "--labels", "24", "--out"])
+        .arg(dir.path().join("demo"))
+        .env("HF_ENDPOINT", &endpoint)
+        .env("HF_HOME", &home)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("OML_OFFLINE")
+        .env_remove("OML_WEIGHTS_DIR")
+        .env("OML_PROGRESS", "lines")
+        .output()
+        .expect("run oml");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("downloaded from {endpoint}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("DINOv2 ViT-S/14"), "{stdout}");
+    assert!(stderr.contains("downloading"), "a progress line: {stderr}");
+    assert_eq!(server.join().expect("server"), 2);
+    let cached = Hub {
+        offline: true,
+        ..hub(&home.join("hub"), "http://127.0.0.1:9")
+    };
+    let m = zoo::find("vits14_dinov2").expect("entry");
+    assert!(
+        zoo::is_cached(m, &cached),
+        "the download stays in the Hub cache"
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("demo/demo.json")).expect("demo.json"),
+    )
+    .expect("json");
+    assert!(report["steps"].as_u64().expect("steps") >= 1);
+    assert!(
+        report["path"]
+            .as_str()
+            .expect("path")
+            .contains("pretrained")
+    );
 }

@@ -35,6 +35,8 @@ pub struct SetupOptions {
     pub jupyter_dir: Option<PathBuf>,
     /// Run `cargo install evcxr_jupyter` when it is missing.
     pub install_evcxr: bool,
+    /// The target folder of that `cargo install` (default: cargo's own temporary one).
+    pub install_target_dir: Option<PathBuf>,
 }
 
 fn home() -> Option<PathBuf> {
@@ -58,6 +60,7 @@ impl Default for SetupOptions {
             config_dir: xdg("XDG_CONFIG_HOME", ".config").join("oml").join("evcxr"),
             jupyter_dir: None,
             install_evcxr: true,
+            install_target_dir: None,
         }
     }
 }
@@ -91,9 +94,9 @@ fn jupyter_data_dir() -> Result<PathBuf> {
         .join("jupyter"))
 }
 
-/// Whether `program --version` runs; its first line when it does.
-fn version_of(program: &str) -> Option<String> {
-    let out = Command::new(program).arg("--version").output().ok()?;
+/// Whether `program arg` runs and succeeds; the first line it prints when it does.
+fn answer_of(program: &str, arg: &str) -> Option<String> {
+    let out = Command::new(program).arg(arg).output().ok()?;
     out.status.success().then(|| {
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -145,7 +148,7 @@ pub fn cargo_config() -> String {
 /// Sets up the kernel (see the module docs).
 pub fn setup(options: &SetupOptions) -> Result<SetupReport> {
     // 1. evcxr_jupyter, and its kernel.
-    if version_of("evcxr_jupyter").is_none() {
+    if answer_of("evcxr_jupyter", "--help").is_none() {
         if !options.install_evcxr {
             return Err(Error::Msg(format!(
                 "evcxr_jupyter is not on PATH: install it with `cargo install evcxr_jupyter \
@@ -155,14 +158,18 @@ pub fn setup(options: &SetupOptions) -> Result<SetupReport> {
         println!(
             "installing evcxr_jupyter {EVCXR_VERSION} (cargo install, about 5 minutes on 2 cores)"
         );
-        let status = Command::new("cargo")
-            .args([
-                "install",
-                "evcxr_jupyter",
-                "--version",
-                EVCXR_VERSION,
-                "--locked",
-            ])
+        let mut install = Command::new("cargo");
+        install.args([
+            "install",
+            "evcxr_jupyter",
+            "--version",
+            EVCXR_VERSION,
+            "--locked",
+        ]);
+        if let Some(dir) = &options.install_target_dir {
+            install.arg("--target-dir").arg(dir);
+        }
+        let status = install
             .status()
             .map_err(|e| Error::Msg(format!("cannot run cargo: {e}")))?;
         if !status.success() {
@@ -170,7 +177,7 @@ pub fn setup(options: &SetupOptions) -> Result<SetupReport> {
                 "cargo install evcxr_jupyter failed ({status})"
             )));
         }
-        if version_of("evcxr_jupyter").is_none() {
+        if answer_of("evcxr_jupyter", "--help").is_none() {
             return Err(Error::Msg(
                 "evcxr_jupyter was installed but is not on PATH: add ~/.cargo/bin to PATH".into(),
             ));
@@ -252,7 +259,9 @@ pub fn setup(options: &SetupOptions) -> Result<SetupReport> {
     std::fs::write(&cargo_path, cargo_config())
         .map_err(|e| Error::io("cannot write", &cargo_path, e))?;
 
-    let jupyter = version_of("jupyter").or_else(|| version_of("jupyter-lab"));
+    let jupyter = answer_of("jupyter-lab", "--version")
+        .map(|v| format!("jupyter-lab {v}"))
+        .or_else(|| answer_of("jupyter", "--version"));
     Ok(SetupReport {
         kernel_json,
         build_dir,

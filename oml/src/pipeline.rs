@@ -192,16 +192,59 @@ fn set_key(root: &mut serde_norway::Value, key: &str, value: &str) -> Result<()>
 }
 
 /// Deserialises `value` as `T`, an error naming the key path below `prefix`.
+///
+/// serde loses the path inside internally tagged enums (`optimizer: { name: adamw, lr: fast }`
+/// fails "at `optimizer`"): there, each key of the failing mapping is tried alone with the tag,
+/// and the first that fails for a reason other than a missing key is named (`optimizer.lr`).
 fn typed<T: serde::de::DeserializeOwned>(value: serde_norway::Value, prefix: &str) -> Result<T> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let key = match (prefix, path.as_str()) {
-            (p, ".") => p.to_owned(),
-            ("", k) => k.to_owned(),
-            (p, k) => format!("{p}.{k}"),
-        };
-        Error::config(key, e.into_inner())
-    })
+    let attempt = |v: serde_norway::Value| {
+        serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+            let path = e.path().to_string();
+            (path, e.into_inner().to_string())
+        })
+    };
+    let (path, message) = match attempt(value.clone()) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let mut key = path.clone();
+    let mut message = message;
+    let parts: Vec<&str> = path.split('.').filter(|p| !p.is_empty()).collect();
+    let node = parts
+        .iter()
+        .try_fold(&value, |v, p| v.as_mapping().and_then(|m| m.get(*p)));
+    if let Some(map) = node.and_then(|n| n.as_mapping())
+        && let Some(tag) = map.get("name")
+    {
+        for (k, v) in map {
+            let Some(name) = k.as_str().filter(|n| *n != "name") else {
+                continue;
+            };
+            let mut alone = serde_norway::Mapping::new();
+            alone.insert("name".into(), tag.clone());
+            alone.insert(k.clone(), v.clone());
+            let mut trial = value.clone();
+            let slot = parts.iter().try_fold(&mut trial, |v, p| {
+                v.as_mapping_mut().and_then(|m| m.get_mut(*p))
+            });
+            if let Some(slot) = slot {
+                *slot = serde_norway::Value::Mapping(alone);
+            }
+            if let Err((_, m)) = attempt(trial)
+                && !m.contains("missing field")
+            {
+                key = format!("{path}.{name}");
+                message = m;
+                break;
+            }
+        }
+    }
+    let key = match (prefix, key.as_str()) {
+        (p, ".") => p.to_owned(),
+        ("", k) => k.to_owned(),
+        (p, k) => format!("{p}.{k}"),
+    };
+    Err(Error::config(key, message))
 }
 
 impl JobConfig {

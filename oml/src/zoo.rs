@@ -27,6 +27,9 @@ use crate::models::{Family, ModelSpec};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
+/// Where OML 4.0 keeps its own checkpoints (`oml.const.STORAGE_CKPTS`).
+pub const OML_STORAGE: &str = "https://oml.daloroserver.com/download/checkpoints";
+
 /// The zoo's list, as shipped in the repository.
 pub const MODELS_TOML: &str = include_str!("../../zoo/models.toml");
 
@@ -75,19 +78,40 @@ pub struct ZooModel {
     /// OML's inference transform (absent for models OML does not have).
     #[serde(default)]
     pub transform: Option<ZooTransform>,
-    /// The Hub repository holding the weights.
+    /// The Hub repository holding the weights (empty for OML's own checkpoints).
+    #[serde(default)]
     pub hub_repo: String,
     /// The file to take from it.
+    #[serde(default)]
     pub hub_file: String,
     /// Another file of the same repository with the same weights.
     #[serde(default)]
     pub fallback_file: Option<String>,
     /// The key layout of that file.
+    #[serde(default)]
     pub hub_layout: String,
     /// Git revision on the Hub.
+    #[serde(default = "main")]
     pub revision: String,
+    /// The file's sha256, where it is known: a download that differs is refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// Whether the repository name was confirmed in public documentation.
+    #[serde(default)]
     pub confirmed: bool,
+    /// OML's own checkpoint (not on the Hub): where OML downloads it, relative to OML's storage
+    /// (`OML_CHECKPOINTS_URL`) or absolute, tried in order.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// The file name OML gives the download in its checkpoint folder.
+    #[serde(default)]
+    pub oml_fname: Option<String>,
+    /// The md5 prefix OML checks the download against.
+    #[serde(default)]
+    pub oml_hash: Option<String>,
+    /// MLP head sizes (OML's `ExtractorWithMLP`).
+    #[serde(default)]
+    pub mlp: Vec<usize>,
     /// Whether OML 4.0 has this model.
     #[serde(default = "yes")]
     pub in_oml: bool,
@@ -96,8 +120,25 @@ pub struct ZooModel {
 fn yes() -> bool {
     true
 }
+fn main() -> String {
+    "main".into()
+}
 
 impl ZooModel {
+    /// Whether the weights are OML's own checkpoint (downloaded from OML's URLs, converted once).
+    pub fn is_oml_checkpoint(&self) -> bool {
+        self.hub_repo.is_empty() && !self.urls.is_empty()
+    }
+
+    /// Where the weights come from, for listings.
+    pub fn source(&self) -> String {
+        if self.is_oml_checkpoint() {
+            self.urls.first().cloned().unwrap_or_default()
+        } else {
+            self.hub_repo.clone()
+        }
+    }
+
     /// Whether this crate can build the network.
     pub fn supported(&self) -> bool {
         self.arch.as_deref().is_some_and(|a| Family::of(a).is_ok())
@@ -119,6 +160,7 @@ impl ZooModel {
         let mut spec = ModelSpec::new(arch);
         spec.normalise = self.normalise_features;
         spec.gem_p = self.gem_p;
+        spec.mlp = self.mlp.clone();
         Ok(spec)
     }
 
@@ -183,6 +225,11 @@ pub struct Hub {
     pub token: Option<String>,
     /// A local weights folder looked at first (`OML_WEIGHTS_DIR`).
     pub local_dir: Option<PathBuf>,
+    /// Python OML's checkpoint folder (`$XDG_CACHE_HOME/oml/torch/checkpoints`): OML's own
+    /// checkpoints are downloaded there, as OML does, and converted beside.
+    pub oml_checkpoints: PathBuf,
+    /// OML's checkpoint storage (`OML_CHECKPOINTS_URL`), against which relative URLs resolve.
+    pub checkpoints_url: String,
 }
 
 fn truthy(var: &str) -> bool {
@@ -231,6 +278,17 @@ impl Hub {
             timeout,
             token,
             local_dir: var("OML_WEIGHTS_DIR").map(PathBuf::from),
+            oml_checkpoints: var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from(".cache"))
+                .join("oml")
+                .join("torch")
+                .join("checkpoints"),
+            checkpoints_url: var("OML_CHECKPOINTS_URL")
+                .unwrap_or_else(|| OML_STORAGE.to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
         }
     }
 
@@ -406,6 +464,9 @@ pub fn locate(model: &ZooModel, hub: &Hub) -> Result<Located> {
             }
         }
     }
+    if model.is_oml_checkpoint() {
+        return oml_checkpoint(model, hub);
+    }
     let cached = hub
         .cached(&model.hub_repo, &model.revision, &model.hub_file)
         .or_else(|| {
@@ -429,10 +490,160 @@ pub fn locate(model: &ZooModel, hub: &Hub) -> Result<Located> {
             None => return Err(first),
         },
     };
+    if let Some(want) = &model.sha256 {
+        let got = sha256_of(&path)?;
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(Error::Format {
+                path,
+                message: format!(
+                    "sha256 {got}, but the zoo expects {want} for {}: not the file oml was tested \
+                     with; delete it, or pass it as a weights file if you trust it",
+                    model.name
+                ),
+            });
+        }
+    }
     Ok(Located {
         path,
         origin: format!("downloaded from {}", hub.endpoint),
     })
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io("read", path, e))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+fn md5_of(path: &Path) -> Result<String> {
+    use md5::{Digest, Md5};
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut hasher = Md5::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io("read", path, e))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// OML's own checkpoint of `model`: converted already, or in OML's checkpoint folder (where
+/// Python OML may have put it), or downloaded from OML's URLs; checked against OML's md5 prefix and
+/// converted once into a safetensors file of the network's tensors beside it.
+fn oml_checkpoint(model: &ZooModel, hub: &Hub) -> Result<Located> {
+    let dir = &hub.oml_checkpoints;
+    let converted = dir.join(format!("{}.safetensors", model.name));
+    if converted.is_file() {
+        return Ok(Located {
+            path: converted,
+            origin: format!("OML checkpoint, converted, in {}", dir.display()),
+        });
+    }
+    let fname = model
+        .oml_fname
+        .clone()
+        .unwrap_or_else(|| format!("{}.ckpt", model.name));
+    let raw = dir.join(&fname);
+    let hash = model.oml_hash.clone().unwrap_or_default();
+    let good = |p: &Path| -> Result<bool> { Ok(md5_of(p)?.starts_with(&hash)) };
+    let mut origin = format!("OML's checkpoint folder {}", dir.display());
+    if !(raw.is_file() && good(&raw)?) {
+        if hub.offline {
+            return Err(Error::Msg(format!(
+                "{} (OML's own checkpoint) is not in {} and the network is off (HF_HUB_OFFLINE or \
+                 OML_OFFLINE is set): download {} where there is network and copy it there, or \
+                 pass a weights file",
+                model.name,
+                dir.display(),
+                model.urls.first().map(String::as_str).unwrap_or("it")
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        let mut errors = Vec::new();
+        let mut done = false;
+        for url in &model.urls {
+            let url = if url.contains("://") {
+                url.clone()
+            } else {
+                format!("{}/{}", hub.checkpoints_url, url.trim_start_matches('/'))
+            };
+            let part = dir.join(format!("{fname}.part"));
+            match download_url(&url, &part, hub.timeout) {
+                Ok(()) if good(&part)? => {
+                    std::fs::rename(&part, &raw)
+                        .map_err(|e| Error::io("cannot rename", &part, e))?;
+                    origin = format!("downloaded from {url}");
+                    done = true;
+                    break;
+                }
+                Ok(()) => {
+                    errors.push(format!(
+                        "{url}: md5 {} does not start with OML's {hash} (incomplete or altered)",
+                        md5_of(&part).unwrap_or_default()
+                    ));
+                    let _ = std::fs::remove_file(&part);
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&part);
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if !done {
+            return Err(Error::Msg(format!(
+                "cannot download {} (OML's own checkpoint): {}. Check the network (or \
+                 OML_CHECKPOINTS_URL), or put the file in {} by hand",
+                model.name,
+                errors.join("; "),
+                dir.display()
+            )));
+        }
+    }
+    // Convert once: exactly the network's tensors, in OML's names.
+    let varmap = crate::models::import(&model.spec()?, &raw)?;
+    let part = dir.join(format!("{}.safetensors.part", model.name));
+    varmap
+        .save(&part)
+        .map_err(|e| Error::Msg(format!("cannot write {}: {e}", part.display())))?;
+    std::fs::rename(&part, &converted).map_err(|e| Error::io("cannot rename", &part, e))?;
+    Ok(Located {
+        path: converted,
+        origin: format!("{origin}, converted to {}", dir.display()),
+    })
+}
+
+/// Downloads `url` into `path` with a progress line, failing after `timeout` without data.
+fn download_url(url: &str, path: &Path, timeout: Duration) -> Result<()> {
+    let fail = |why: String| Error::Msg(format!("{url}: {why}"));
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(timeout)
+        .timeout_read(timeout)
+        .build();
+    let response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
+    let total = response
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut reader = response.into_reader();
+    let mut file = std::fs::File::create(path).map_err(|e| Error::io("cannot create", path, e))?;
+    let mut progress = Progress::new(format!("downloading {url}"), total, "B");
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf).map_err(|e| fail(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut file, &buf[..n])
+            .map_err(|e| Error::io("cannot write", path, e))?;
+        progress.inc(n as u64);
+    }
+    progress.finish();
+    if total > 0 && progress.done() != total {
+        return Err(fail(format!(
+            "{} of {total} bytes before the connection ended",
+            progress.done()
+        )));
+    }
+    file.sync_all()
+        .map_err(|e| Error::io("cannot write", path, e))
 }
 
 /// The weights file of a zoo model (see [`locate`]).
@@ -442,6 +653,12 @@ pub fn weights(model: &ZooModel, hub: &Hub) -> Result<PathBuf> {
 
 /// Whether a zoo model's weights are in the cache.
 pub fn is_cached(model: &ZooModel, hub: &Hub) -> bool {
+    if model.is_oml_checkpoint() {
+        return hub
+            .oml_checkpoints
+            .join(format!("{}.safetensors", model.name))
+            .is_file();
+    }
     hub.cached(&model.hub_repo, &model.revision, &model.hub_file)
         .is_some()
         || model

@@ -1300,6 +1300,26 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// The search's scan of one query row against a gallery block: every `c` whose key
+/// `a + s * norms[c] - f * dots[c]` is below `threshold`, appended to `out` as `(key, c)` in
+/// column order. (Euclidean: `a = |q|^2, s = 1, f = 2`, the key is the squared distance; cosine:
+/// `a = 1, s = 0, f = 1`.) Here rather than in `oml` so that it runs optimised in every profile:
+/// it is the inner loop of retrieval over all pairs.
+pub fn keys_below(
+    dots: &[f32],
+    norms: &[f32],
+    (a, s, f): (f32, f32, f32),
+    threshold: f32,
+    out: &mut Vec<(f32, u32)>,
+) {
+    for (c, (&dot, &norm)) in dots.iter().zip(norms).enumerate() {
+        let key = a + s * norm - f * dot;
+        if key < threshold {
+            out.push((key, c as u32));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

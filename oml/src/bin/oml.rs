@@ -49,8 +49,9 @@ enum Command {
     Zoo(Zoo),
     /// Embed every row of a CSV (file order) with a zoo model or an arch and a weights file.
     Embed(Box<EmbedArgs>),
-    /// The main job, offline: generate the glyph dataset, measure zero-shot retrieval, fine-tune
-    /// within a time budget, validate on unseen letters and write an HTML report.
+    /// The main job: generate the glyph dataset, measure raw pixels and the backbone, fine-tune
+    /// within a time budget, validate on unseen letters and write an HTML report. The backbone is
+    /// the zoo's DINOv2 (downloaded when online), else a small ResNet trained from scratch.
     Demo {
         /// Output folder.
         #[arg(long, default_value = "runs/demo")]
@@ -61,16 +62,21 @@ enum Command {
         /// Letters used (half train, half validation).
         #[arg(long, default_value_t = 400)]
         labels: usize,
-        /// Pretrained DINOv2 ViT-S/14 weights (default: OML_SHARED_WEIGHTS or the zoo's cache;
-        /// without any, a ResNet-18 from scratch).
+        /// Pretrained DINOv2 ViT-S/14 weights to use instead of the zoo's.
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Input side in pixels.
-        #[arg(long, default_value_t = 56)]
-        image_size: u32,
-        /// Learning rate (default: 2e-5 for the pretrained ViT, 1e-3 from scratch).
+        /// Skip the zoo: train the small glyph ResNet from scratch.
+        #[arg(long, conflicts_with = "weights")]
+        from_scratch: bool,
+        /// Input side in pixels (default: 56 for DINOv2, 32 from scratch).
+        #[arg(long)]
+        image_size: Option<u32>,
+        /// Learning rate (default: 2e-5 for DINOv2, 1e-3 from scratch).
         #[arg(long)]
         lr: Option<f64>,
+        /// Seed of the dataset, the initialisation and the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Notebooks: set up the evcxr Jupyter kernel for oml's notebooks.
     #[command(subcommand)]
@@ -251,6 +257,9 @@ enum Notebook {
         /// Fail instead of running `cargo install evcxr_jupyter` when it is missing.
         #[arg(long)]
         no_install: bool,
+        /// The target folder of that `cargo install` (kept between runs: faster reinstalls).
+        #[arg(long)]
+        install_target_dir: Option<PathBuf>,
     },
 }
 
@@ -302,6 +311,9 @@ enum Datasets {
         /// Validation across font families (queries serif, gallery sans and mono).
         #[arg(long)]
         cross_font: bool,
+        /// With --cross-font: queries drawn with handwriting-like variation (the demo's protocol).
+        #[arg(long, requires = "cross_font")]
+        distort_queries: bool,
     },
 }
 
@@ -370,6 +382,7 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             max_labels,
             seed,
             cross_font,
+            distort_queries,
         }) => {
             let config = GlyphsConfig {
                 size,
@@ -377,6 +390,7 @@ fn run(command: Command) -> oml::Result<ExitCode> {
                 max_labels,
                 seed,
                 cross_font,
+                distort_queries,
                 ..GlyphsConfig::default()
             };
             glyphs(&out, &config)?;
@@ -390,31 +404,32 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             budget,
             labels,
             weights,
+            from_scratch,
             image_size,
             lr,
+            seed,
         } => {
             let cfg = oml::demo::DemoConfig {
-                lr,
                 out,
                 budget_seconds: budget,
                 max_labels: labels,
-                image_size,
                 weights,
-                ..Default::default()
+                from_scratch,
+                seed,
+                lr,
+                image_size,
             };
             let r = oml::demo::run(&cfg)?;
             println!();
-            println!("                      CMC@1   mAP@5   (unseen letters, cross-font)");
-            println!("raw pixels            {:.3}", r.raw_pixels_cmc1);
+            println!("{}", r.table());
+            println!("backbone: {}", r.backbone);
+            println!("path: {}", r.path);
             println!(
-                "before fine-tuning    {:.3}   {:.3}   {}",
-                r.before_cmc1, r.before_map5, r.backbone
+                "fine-tuned for {} steps in {:.0} s; report: {}",
+                r.steps,
+                r.train_seconds,
+                r.report.display()
             );
-            println!(
-                "after fine-tuning     {:.3}   {:.3}   {} steps in {:.0} s",
-                r.after_cmc1, r.after_map5, r.steps, r.train_seconds
-            );
-            println!("report: {}", r.report.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Notebook(Notebook::Setup {
@@ -422,6 +437,7 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             config_dir,
             jupyter_dir,
             no_install,
+            install_target_dir,
         }) => {
             let defaults = oml::kernel::SetupOptions::default();
             let options = oml::kernel::SetupOptions {
@@ -429,6 +445,7 @@ fn run(command: Command) -> oml::Result<ExitCode> {
                 config_dir: config_dir.unwrap_or(defaults.config_dir),
                 jupyter_dir,
                 install_evcxr: !no_install,
+                install_target_dir,
             };
             let r = oml::kernel::setup(&options)?;
             println!(
@@ -632,7 +649,7 @@ fn zoo(command: Zoo) -> oml::Result<ExitCode> {
                     .map(|m| {
                         serde_json::json!({
                             "name": m.name, "arch": m.arch, "feat_dim": m.feat_dim,
-                            "hub_repo": m.hub_repo, "hub_file": m.hub_file,
+                            "source": m.source(), "hub_repo": m.hub_repo, "hub_file": m.hub_file,
                             "cached": zoo::is_cached(m, &hub), "supported": m.supported(),
                             "in_oml": m.in_oml, "confirmed": m.confirmed,
                         })
@@ -643,7 +660,7 @@ fn zoo(command: Zoo) -> oml::Result<ExitCode> {
             }
             println!(
                 "{:<24} {:<12} {:>5}  {:<46} {:<6} note",
-                "name", "arch", "dim", "hub repository", "cached"
+                "name", "arch", "dim", "source", "cached"
             );
             for m in models {
                 let mut note = Vec::new();
@@ -661,7 +678,7 @@ fn zoo(command: Zoo) -> oml::Result<ExitCode> {
                     m.name,
                     m.arch.as_deref().unwrap_or("-"),
                     m.feat_dim,
-                    m.hub_repo,
+                    m.source(),
                     if zoo::is_cached(m, &hub) { "yes" } else { "no" },
                     note.join("; ")
                 );

@@ -46,6 +46,11 @@ pub struct GlyphsConfig {
     /// Condensed) make retrieval easy.
     #[serde(default)]
     pub cross_font: bool,
+    /// With `cross_font`: the queries drawn with handwriting-like variation
+    /// ([`crate::data::transforms::glyph_variation`]: affine jitter, stroke weight, blur, noise;
+    /// seeded per image), so that retrieval needs invariances raw pixels do not have.
+    #[serde(default)]
+    pub distort_queries: bool,
 }
 
 impl Default for GlyphsConfig {
@@ -58,6 +63,7 @@ impl Default for GlyphsConfig {
             max_labels: None,
             min_images: 4,
             cross_font: false,
+            distort_queries: false,
         }
     }
 }
@@ -413,16 +419,21 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
                 .iter()
                 .map(|(k, img)| {
                     let file = dir.join(format!("{}.png", faces[*k].name));
-                    img.save(&file).map_err(|e| Error::Image {
-                        path: file.clone(),
-                        message: format!("cannot write: {e}"),
-                    })?;
                     let serif = faces[*k].name.contains("Serif");
                     let (query, gallery) = match (val, config.cross_font) {
                         (false, _) => (false, false),
                         (true, false) => (true, true),
                         (true, true) => (serif && both, !serif || !both),
                     };
+                    let img = if query && config.distort_queries {
+                        distort(img, config.seed, label, *k)
+                    } else {
+                        img.clone()
+                    };
+                    img.save(&file).map_err(|e| Error::Image {
+                        path: file.clone(),
+                        message: format!("cannot write: {e}"),
+                    })?;
                     // Train rows leave the flags empty; validation rows say True or False.
                     let flag = |b: bool| {
                         match (val, b) {
@@ -488,6 +499,21 @@ pub fn generate_glyphs(out: &Path, config: &GlyphsConfig) -> Result<GlyphsSummar
             per_label.iter().copied().max().unwrap_or(0),
         ),
     })
+}
+
+/// `img` with the handwriting-like variation, drawn from a stream of `(seed, label, face)`.
+fn distort(img: &GrayImage, seed: u64, label: usize, face: usize) -> GrayImage {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        seed ^ 0x9e37_79b9_7f4a_7c15 ^ ((label as u64) << 20) ^ face as u64,
+    );
+    let t = super::Transform {
+        name: "glyph_variation".into(),
+        ops: super::transforms::glyph_variation(),
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    };
+    let rgb = image::DynamicImage::ImageLuma8(img.clone()).to_rgb8();
+    image::DynamicImage::ImageRgb8(t.apply_image(&rgb, &mut rng)).to_luma8()
 }
 
 /// A class-disjoint split: `round(n * fraction)` of `n` labels, drawn with `rng`, are validation.

@@ -76,6 +76,15 @@ impl ImageLoader {
         })
     }
 
+    /// A loader over a dataset (any [`ImageSource`], cloned: datasets are cheap to clone).
+    pub fn from_dataset<D: ImageSource + Clone + 'static>(
+        dataset: &D,
+        transform: Transform,
+        config: LoaderConfig,
+    ) -> Result<Self> {
+        Self::new(Arc::new(dataset.clone()), transform, config)
+    }
+
     /// The transform applied to every image.
     pub fn transform(&self) -> &Transform {
         &self.transform

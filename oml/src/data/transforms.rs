@@ -120,6 +120,68 @@ pub enum Op {
         /// Probability of applying the step.
         p: f32,
     },
+    /// torchvision `RandomAffine` about the centre: a rotation in `[-degrees, degrees]`, a shift of
+    /// up to `translate` of the side each way, a scale in `scale`, a shear in `[-shear, shear]`
+    /// degrees along x; bilinear, the uncovered area filled with `fill`.
+    RandomAffine {
+        /// Largest rotation in degrees.
+        degrees: f32,
+        /// Largest shift as a fraction of the side.
+        translate: f32,
+        /// Range of the scale.
+        scale: (f32, f32),
+        /// Largest shear in degrees.
+        shear: f32,
+        /// Fill colour.
+        fill: [u8; 3],
+    },
+    /// Stroke weight: with probability `p`, dark strokes thickened or thinned (each half of the
+    /// time) by a minimum or maximum filter of radius 1 to `max_radius`.
+    RandomStroke {
+        /// Largest filter radius in pixels.
+        max_radius: u32,
+        /// Probability of applying the step.
+        p: f32,
+    },
+    /// With probability `p`, a Gaussian blur with sigma drawn from `sigma` (pixels).
+    GaussianBlur {
+        /// Range of sigma.
+        sigma: (f32, f32),
+        /// Probability of applying the step.
+        p: f32,
+    },
+    /// With probability `p`, Gaussian noise of standard deviation `std` (in 0-255 units) added to
+    /// every pixel (the same on the three channels).
+    GaussNoise {
+        /// Standard deviation.
+        std: f32,
+        /// Probability of applying the step.
+        p: f32,
+    },
+}
+
+/// The handwriting-like variation of [`Op::RandomAffine`], [`Op::RandomStroke`],
+/// [`Op::GaussianBlur`] and [`Op::GaussNoise`] that the `augs_glyphs` preset and the glyph
+/// dataset's distorted queries use (on white images with dark ink).
+pub fn glyph_variation() -> Vec<Op> {
+    vec![
+        Op::RandomAffine {
+            degrees: 12.0,
+            translate: 0.08,
+            scale: (0.8, 1.1),
+            shear: 15.0,
+            fill: [255, 255, 255],
+        },
+        Op::RandomStroke {
+            max_radius: 1,
+            p: 0.7,
+        },
+        Op::GaussianBlur {
+            sigma: (0.3, 1.2),
+            p: 0.6,
+        },
+        Op::GaussNoise { std: 20.0, p: 0.6 },
+    ]
 }
 
 /// A pipeline from an RGB image to a normalised `f32` CHW array: geometric and colour steps, then
@@ -137,13 +199,14 @@ pub struct Transform {
 }
 
 /// The names accepted by [`Transform::preset`].
-pub const PRESETS: [&str; 6] = [
+pub const PRESETS: [&str; 7] = [
     "norm_resize_torch",
     "norm_resize_hypvit",
     "norm_resize_albu",
     "norm_resize_albu_clip",
     "augs_torch",
     "augs_hypvit_torch",
+    "augs_glyphs",
 ];
 
 impl Transform {
@@ -154,7 +217,9 @@ impl Transform {
     /// - `norm_resize_albu`, `norm_resize_albu_clip`: longest side to `image_size`, padded white to a
     ///   square (ImageNet or CLIP mean/std);
     /// - `augs_torch`: square resize and a random horizontal flip (OML's colour jitter is a no-op);
-    /// - `augs_hypvit_torch`: random resized crop (scale 0.2-1, bicubic) and a horizontal flip.
+    /// - `augs_hypvit_torch`: random resized crop (scale 0.2-1, bicubic) and a horizontal flip;
+    /// - `augs_glyphs` (ours, for drawings of letters): [`glyph_variation`] (affine jitter, stroke
+    ///   weight, blur, noise), then a square resize; no flip (a mirrored letter is another letter).
     pub fn preset(name: &str, image_size: u32) -> Result<Transform> {
         if image_size == 0 {
             return Err(Error::param(
@@ -220,6 +285,15 @@ impl Transform {
                 IMAGENET_MEAN,
                 IMAGENET_STD,
             ),
+            "augs_glyphs" => {
+                let mut ops = glyph_variation();
+                ops.push(Op::Resize {
+                    height: s,
+                    width: s,
+                    interpolation: Interpolation::Bilinear,
+                });
+                (ops, IMAGENET_MEAN, IMAGENET_STD)
+            }
             other => {
                 return Err(Error::UnknownName {
                     kind: "transform preset",
@@ -307,6 +381,49 @@ impl Transform {
                     }
                 }
                 Op::HorizontalFlip { p } => prob(p)?,
+                Op::RandomAffine {
+                    degrees,
+                    translate,
+                    scale,
+                    shear,
+                    ..
+                } => {
+                    let ok = degrees >= 0.0
+                        && (0.0..80.0).contains(&shear)
+                        && (0.0..1.0).contains(&translate)
+                        && scale.0 > 0.0
+                        && scale.0 <= scale.1
+                        && scale.1.is_finite();
+                    if !ok {
+                        return Err(Error::param(
+                            "random_affine",
+                            format!("{degrees}/{translate}/{scale:?}/{shear}"),
+                            "degrees >= 0, 0 <= translate < 1, 0 < scale min <= max, 0 <= shear < 80",
+                        ));
+                    }
+                }
+                Op::RandomStroke { max_radius, p } => {
+                    prob(p)?;
+                    if max_radius == 0 || max_radius > 8 {
+                        return Err(Error::param("max_radius", max_radius, "1 to 8 pixels"));
+                    }
+                }
+                Op::GaussianBlur { sigma, p } => {
+                    prob(p)?;
+                    if !(sigma.0 > 0.0 && sigma.0 <= sigma.1 && sigma.1 <= 20.0) {
+                        return Err(Error::param(
+                            "sigma",
+                            format!("{sigma:?}"),
+                            "0 < min <= max <= 20",
+                        ));
+                    }
+                }
+                Op::GaussNoise { std, p } => {
+                    prob(p)?;
+                    if !(std >= 0.0 && std.is_finite()) {
+                        return Err(Error::param("std", std, "a standard deviation >= 0"));
+                    }
+                }
                 Op::ColorJitter {
                     brightness,
                     contrast,
@@ -347,7 +464,13 @@ impl Transform {
         self.ops.iter().any(|op| {
             matches!(
                 op,
-                Op::RandomResizedCrop { .. } | Op::HorizontalFlip { .. } | Op::ColorJitter { .. }
+                Op::RandomResizedCrop { .. }
+                    | Op::HorizontalFlip { .. }
+                    | Op::ColorJitter { .. }
+                    | Op::RandomAffine { .. }
+                    | Op::RandomStroke { .. }
+                    | Op::GaussianBlur { .. }
+                    | Op::GaussNoise { .. }
             )
         })
     }
@@ -362,7 +485,12 @@ impl Transform {
                 | Op::RandomResizedCrop { height, width, .. } => Some((*height, *width)),
                 Op::LongestSidePad { size, .. } => Some((*size, *size)),
                 Op::ResizeShorter { .. } => None,
-                Op::HorizontalFlip { .. } | Op::ColorJitter { .. } => size,
+                Op::HorizontalFlip { .. }
+                | Op::ColorJitter { .. }
+                | Op::RandomAffine { .. }
+                | Op::RandomStroke { .. }
+                | Op::GaussianBlur { .. }
+                | Op::GaussNoise { .. } => size,
             };
         }
         size
@@ -586,7 +714,156 @@ fn apply_op<R: Rng + ?Sized>(op: &Op, img: RgbImage, rng: &mut R) -> RgbImage {
                 img
             }
         }
+        Op::RandomAffine {
+            degrees,
+            translate,
+            scale,
+            shear,
+            fill,
+        } => {
+            let mut draw = |lo: f32, hi: f32| {
+                if hi > lo {
+                    rng.random_range(lo..hi)
+                } else {
+                    lo
+                }
+            };
+            let angle = draw(-degrees, degrees).to_radians();
+            let (tx, ty) = (
+                draw(-translate, translate) * w as f32,
+                draw(-translate, translate) * h as f32,
+            );
+            let s = draw(scale.0, scale.1);
+            let sh = draw(-shear, shear).to_radians();
+            affine(&img, angle, (tx, ty), s, sh, fill)
+        }
+        Op::RandomStroke { max_radius, p } => {
+            if rng.random::<f32>() >= p {
+                return img;
+            }
+            let r = rng.random_range(1..=max_radius);
+            let thicken = rng.random::<bool>();
+            morph(&img, r, thicken)
+        }
+        Op::GaussianBlur { sigma, p } => {
+            if rng.random::<f32>() >= p {
+                return img;
+            }
+            let s = if sigma.1 > sigma.0 {
+                rng.random_range(sigma.0..sigma.1)
+            } else {
+                sigma.0
+            };
+            imageops::blur(&img, s)
+        }
+        Op::GaussNoise { std, p } => {
+            if rng.random::<f32>() >= p || std == 0.0 {
+                return img;
+            }
+            let mut out = img;
+            for px in out.pixels_mut() {
+                // Box-Muller: one standard normal per pixel, the same on every channel.
+                let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+                let u2: f32 = rng.random();
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
+                for c in px.0.iter_mut() {
+                    *c = (*c as f32 + std * z).round().clamp(0.0, 255.0) as u8;
+                }
+            }
+            out
+        }
     }
+}
+
+/// The affine map about the centre (rotation `angle`, x-shear `shear`, both in radians, scale
+/// `s`, then a shift), sampled bilinearly at every output pixel from its inverse; outside the
+/// source: `fill`.
+fn affine(
+    img: &RgbImage,
+    angle: f32,
+    (tx, ty): (f32, f32),
+    s: f32,
+    shear: f32,
+    fill: [u8; 3],
+) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+    // Forward: M = s * R(angle) * Shear(shear); the inverse maps an output pixel to its source.
+    let (ca, sa) = (angle.cos(), angle.sin());
+    let k = shear.tan();
+    // R * S with S = [[1, k], [0, 1]].
+    let m = [[ca * s, (ca * k - sa) * s], [sa * s, (sa * k + ca) * s]];
+    let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+    if det.abs() < 1e-6 {
+        return img.clone();
+    }
+    let inv = [
+        [m[1][1] / det, -m[0][1] / det],
+        [-m[1][0] / det, m[0][0] / det],
+    ];
+    let mut out = RgbImage::from_pixel(w, h, Rgb(fill));
+    for y in 0..h {
+        for x in 0..w {
+            let (dx, dy) = (x as f32 - cx - tx, y as f32 - cy - ty);
+            let sx = inv[0][0] * dx + inv[0][1] * dy + cx;
+            let sy = inv[1][0] * dx + inv[1][1] * dy + cy;
+            if sx < -1.0 || sy < -1.0 || sx > w as f32 || sy > h as f32 {
+                continue;
+            }
+            let (x0, y0) = (sx.floor(), sy.floor());
+            let (fx, fy) = (sx - x0, sy - y0);
+            let at = |xx: f32, yy: f32| -> [f32; 3] {
+                if xx < 0.0 || yy < 0.0 || xx >= w as f32 || yy >= h as f32 {
+                    fill.map(f32::from)
+                } else {
+                    img.get_pixel(xx as u32, yy as u32).0.map(f32::from)
+                }
+            };
+            let (a, b, c, d) = (
+                at(x0, y0),
+                at(x0 + 1.0, y0),
+                at(x0, y0 + 1.0),
+                at(x0 + 1.0, y0 + 1.0),
+            );
+            let v: [u8; 3] = std::array::from_fn(|i| {
+                let top = a[i] * (1.0 - fx) + b[i] * fx;
+                let bottom = c[i] * (1.0 - fx) + d[i] * fx;
+                (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8
+            });
+            out.put_pixel(x, y, Rgb(v));
+        }
+    }
+    out
+}
+
+/// A square minimum (`thicken`: dark strokes grow) or maximum filter of radius `r`, separable.
+fn morph(img: &RgbImage, r: u32, thicken: bool) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let pick = |a: u8, b: u8| if thicken { a.min(b) } else { a.max(b) };
+    let pass = |src: &RgbImage, horizontal: bool| -> RgbImage {
+        let mut out = src.clone();
+        for y in 0..h {
+            for x in 0..w {
+                let mut v = src.get_pixel(x, y).0;
+                for d in 1..=r as i64 {
+                    for sign in [-1i64, 1] {
+                        let (xx, yy) = if horizontal {
+                            (x as i64 + sign * d, y as i64)
+                        } else {
+                            (x as i64, y as i64 + sign * d)
+                        };
+                        if xx >= 0 && yy >= 0 && xx < w as i64 && yy < h as i64 {
+                            let p = src.get_pixel(xx as u32, yy as u32).0;
+                            v = std::array::from_fn(|c| pick(v[c], p[c]));
+                        }
+                    }
+                }
+                out.put_pixel(x, y, Rgb(v));
+            }
+        }
+        out
+    };
+    pass(&pass(img, true), false)
 }
 
 /// torchvision's `CenterCrop`: the top-left corner at `round((H - h) / 2)` (half to even, as

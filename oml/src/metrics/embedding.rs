@@ -356,6 +356,21 @@ impl Metrics {
     }
 }
 
+/// Several runs' metrics side by side (OVERALL): one row per run, one column per metric of the
+/// first. `compare(&[("raw pixels", &m0), ("after", &m1)])`.
+pub fn compare(runs: &[(&str, &Metrics)]) -> crate::notebook::Table {
+    let keys: Vec<(String, String)> = runs.first().map(|(_, m)| m.row_keys()).unwrap_or_default();
+    let mut header = vec![String::new()];
+    header.extend(keys.iter().map(|(m, k)| format!("{m}@{k}")));
+    let mut table = crate::notebook::Table::new(&header);
+    for (name, m) in runs {
+        let mut row = vec![(*name).to_owned()];
+        row.extend(keys.iter().map(|(metric, k)| m.cell(OVERALL, metric, k)));
+        table = table.row(&row);
+    }
+    table
+}
+
 /// The metrics of one group of queries (all, or one category): typed accessors.
 #[derive(Debug, Clone)]
 pub struct MetricsGroup<'a> {

@@ -11,7 +11,9 @@ pub mod retrieval;
 
 mod embedding;
 
-pub use embedding::{Metrics, MetricsConfig, NoGtPolicy, compute_metrics, evaluate};
+pub use embedding::{
+    Metrics, MetricsConfig, MetricsGroup, NoGtPolicy, compare, compute_metrics, evaluate,
+};
 pub use fnmr::{fnmr_at_fmr, fnmr_at_fmr_from_distances};
 pub use pcf::pcf;
 pub use retrieval::{QueryMetric, per_query};

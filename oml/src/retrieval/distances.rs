@@ -236,11 +236,20 @@ pub(crate) fn knn(
             heaps[block.q0..block.q0 + rows]
                 .par_iter_mut()
                 .enumerate()
-                .for_each(|(r, heap)| {
-                    let (a, s, f) = block.key_params(r);
+                .for_each_init(Vec::new, |found, (r, heap)| {
+                    // The optimised scan keeps what beats the row's current worst; the heap then
+                    // tightens the bound as it goes.
+                    found.clear();
                     let mut threshold = worst(heap);
-                    for (c, (&dot, &norm)) in block.row(r).iter().zip(block.norms()).enumerate() {
-                        let key = a + s * norm - f * dot;
+                    oml_kernels::keys_below(
+                        block.row(r),
+                        block.norms(),
+                        block.key_params(r),
+                        threshold,
+                        found,
+                    );
+                    for &(key, c) in found.iter() {
+                        let c = c as usize;
                         // Later gallery items lose ties: strictly better only.
                         if key >= threshold || exclusion.excluded(block.q0 + r, block.g0 + c) {
                             continue;

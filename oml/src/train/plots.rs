@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use super::Record;
 use crate::{Error, Result};
 
-fn fonts() {
+pub(crate) fn fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font(
@@ -24,7 +24,7 @@ fn fonts() {
 const W: u32 = 640;
 const H: u32 = 360;
 
-fn draw_err<E: std::fmt::Debug>(e: E) -> Error {
+pub(crate) fn draw_err<E: std::fmt::Debug>(e: E) -> Error {
     Error::Msg(format!("cannot draw the plot: {e:?}"))
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -195,6 +195,17 @@ struct Inner {
     cfg: Mutex<FitConfig>,
     data: Mutex<Data>,
     live: Live,
+    /// Set while a fit runs (or a spawned one is about to).
+    running: AtomicBool,
+}
+
+/// The claim of a trainer's single run: released when dropped.
+struct Claim<'a>(&'a AtomicBool);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// A fine-tuning run of a [`Model`]: OML's trainer, for notebooks and the command line.
@@ -272,17 +283,24 @@ impl Trainer {
 
     /// Whether a fit is going on.
     pub fn is_running(&self) -> bool {
-        matches!(self.inner.data.try_lock(), Err(TryLockError::WouldBlock))
+        self.inner.running.load(Ordering::Acquire)
     }
 
-    fn data(&self) -> Result<MutexGuard<'_, Data>> {
-        match self.inner.data.try_lock() {
-            Ok(d) => Ok(d),
-            Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-            Err(TryLockError::WouldBlock) => Err(Error::Msg(
-                "a run of this trainer is going on: stop() it or join() its Run first".into(),
-            )),
-        }
+    /// Claims the trainer for one run, or says that another one is going on.
+    fn claim(&self) -> Result<Claim<'_>> {
+        self.inner
+            .running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| Claim(&self.inner.running))
+            .map_err(|_| {
+                Error::Msg(
+                    "a run of this trainer is going on: stop() it or join() its Run first".into(),
+                )
+            })
+    }
+
+    fn data(&self) -> MutexGuard<'_, Data> {
+        lock(&self.inner.data)
     }
 
     /// Steps run so far.
@@ -319,7 +337,12 @@ impl Trainer {
     /// [`Trainer::stop`] is called; continues where the last fit ended. The model holds the
     /// trained weights afterwards (also when the fit fails: then those of the last good step).
     pub fn fit(&self) -> Result<FitReport> {
-        let mut data = self.data()?;
+        let _claim = self.claim()?;
+        self.fit_claimed()
+    }
+
+    fn fit_claimed(&self) -> Result<FitReport> {
+        let mut data = self.data();
         let data = &mut *data;
         let cfg = self.config();
         let job = Job {
@@ -339,16 +362,17 @@ impl Trainer {
     /// Trains in a background thread and returns at once: the [`Run`] shows the progress, gives
     /// the history, stops and joins the run.
     pub fn spawn(&self) -> Result<Run> {
-        if self.is_running() {
-            return Err(Error::Msg(
-                "a run of this trainer is going on: stop() it or join() its Run first".into(),
-            ));
-        }
+        let claim = self.claim()?;
         let trainer = self.clone();
         let handle = std::thread::Builder::new()
             .name("oml-train".into())
-            .spawn(move || trainer.fit())
+            .spawn(move || {
+                // The claim taken above is this thread's now: released when the fit ends.
+                let _claim = Claim(&trainer.inner.running);
+                trainer.fit_claimed()
+            })
             .map_err(|e| Error::Msg(format!("cannot start the training thread: {e}")))?;
+        std::mem::forget(claim);
         Ok(Run {
             trainer: self.clone(),
             handle: Mutex::new(Some(handle)),
@@ -359,7 +383,8 @@ impl Trainer {
     /// Writes the state of the run into `dir` (`last.safetensors`, `optimizer.safetensors`,
     /// `criterion*.safetensors`, `state.json`): [`Trainer::resume`] continues from it exactly.
     pub fn save_state(&self, dir: &Path) -> Result<()> {
-        let data = self.data()?;
+        let _claim = self.claim()?;
+        let data = self.data();
         super::save_state(
             dir,
             &self.inner.model,
@@ -375,7 +400,8 @@ impl Trainer {
     /// the resumed run repeats, are dropped). Everything is read and checked against this trainer's
     /// model and loss before anything changes.
     pub fn resume(&self, dir: &Path) -> Result<()> {
-        let mut data = self.data()?;
+        let _claim = self.claim()?;
+        let mut data = self.data();
         let (weights, mut run, history) = super::load_state(dir)?;
         let model = &self.inner.model;
         // The weights: the model's names and shapes.
@@ -515,6 +541,16 @@ impl Run {
     /// Asks the run to stop after its current step; [`Run::join`] then returns at once.
     pub fn stop(&self) {
         self.trainer.stop();
+    }
+
+    /// Waits until the run ends or `seconds` pass, whichever comes first, and returns where it
+    /// stands (a notebook cell that shows the progress a little later).
+    pub fn wait(&self, seconds: f64) -> Progress {
+        let deadline = Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.0));
+        while !self.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.progress()
     }
 
     /// Whether the run has ended.
@@ -751,6 +787,7 @@ impl TrainerBuilder {
                     run: RunState::default(),
                 }),
                 live: Live::default(),
+                running: AtomicBool::new(false),
             }),
         })
     }

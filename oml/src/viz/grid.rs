@@ -285,3 +285,45 @@ pub fn batch_grid(dataset: &ImageLabeledDataset, batch: &[usize], thumb: u32) ->
         thumb,
     })
 }
+
+/// Each of `items` (indices into `source`) followed by `copies` draws of `transform` (the
+/// geometric and colour steps, before normalisation): what an augmentation does.
+pub fn augmentation_grid(
+    source: &dyn ImageSource,
+    transform: &crate::data::Transform,
+    items: &[usize],
+    copies: usize,
+    thumb: u32,
+) -> Result<ImageGrid> {
+    transform.validate()?;
+    let mut rows = Vec::with_capacity(items.len());
+    for &i in items {
+        if i >= source.len() {
+            return Err(Error::param(
+                "items",
+                i,
+                format!("indices below {}", source.len()),
+            ));
+        }
+        let original = source.load_image(i)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
+        let mut tiles = vec![Tile {
+            image: original.clone(),
+            caption: "original".into(),
+            frame: Some(super::GRID_BLUE),
+        }];
+        for k in 0..copies {
+            tiles.push(Tile {
+                image: transform.apply_image(&original, &mut rng),
+                caption: format!("draw {}", k + 1),
+                frame: None,
+            });
+        }
+        rows.push((format!("#{i}"), tiles));
+    }
+    Ok(ImageGrid {
+        title: format!("{}: {copies} draws per image", transform.name),
+        rows,
+        thumb,
+    })
+}
