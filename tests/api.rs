@@ -244,11 +244,10 @@ fn configs_reach_every_sampler_and_loss_and_name_the_key() {
         })
         .collect();
     std::fs::write(dir.path().join("two.csv"), two).expect("two.csv");
-    let base = format!(
-        "dataframe: df.csv\nmodel: {{ arch: resnet18, weights: random }}\nimage_size: 32\n\
+    let base = "dataframe: df.csv\nmodel: { arch: resnet18, weights: random }\nimage_size: 32\n\
          max_steps: 2\nvalid_every_epochs: 0\nlogs_dir: run\nlog_every_steps: 1000\n\
          transforms_train: norm_resize_torch\ntransforms_val: norm_resize_torch\n"
-    );
+        .to_owned();
     for extra in [
         "sampler: { name: category_balance, n_categories: 2, n_labels: 2, n_instances: 2, resample_labels: true }\n",
         "sampler: { name: distinct_category_balance, n_categories: 2, n_labels: 2, n_instances: 2, epoch_size: 4 }\n",
