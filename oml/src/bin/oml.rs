@@ -71,7 +71,7 @@ enum Command {
         /// Input side in pixels (default: 56 for DINOv2, 32 from scratch).
         #[arg(long)]
         image_size: Option<u32>,
-        /// Learning rate (default: 2e-5 for DINOv2, 1e-3 from scratch).
+        /// Learning rate (default: 2e-5 for DINOv2, 3e-3 from scratch).
         #[arg(long)]
         lr: Option<f64>,
         /// Seed of the dataset, the initialisation and the sampler.

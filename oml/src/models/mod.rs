@@ -49,9 +49,16 @@ pub trait Extractor: Send + Sync {
 
 /// OML's `normalise`: rows divided by their L2 norm, the norm treated as a constant (detached) in
 /// the backward pass, as OML does. In f32 (under mixed precision the squares would overflow f16).
+/// A row of zeros stays zeros (the norm is taken as at least 1e-12, as torch's
+/// `F.normalize`); OML divides 0 by 0 there, and a NaN embedding stops training.
 pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
     let x = &x.to_dtype(DType::F32)?;
-    let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.detach();
+    let norms = x
+        .sqr()?
+        .sum_keepdim(1)?
+        .sqrt()?
+        .clamp(1e-12f32, f32::MAX)?
+        .detach();
     Ok(x.broadcast_div(&norms)?)
 }
 

@@ -436,8 +436,14 @@ impl<'a> Engine<'a> {
                 if due {
                     let logs: Vec<String> =
                         logs.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+                    // The step the run ends at, when steps (not the clock) end it.
+                    let of = if cfg.max_seconds.is_none() || cfg.max_steps.is_some() {
+                        format!("/{goal}")
+                    } else {
+                        String::new()
+                    };
                     println!(
-                        "epoch {} step {}/{goal}: loss {loss:.4}, lr {lr:.2e}, {}, {rate:.1} img/s, eta {eta:.0} s",
+                        "epoch {} step {}{of}: loss {loss:.4}, lr {lr:.2e}, {}, {rate:.1} img/s, eta {eta:.0} s",
                         self.run.epoch,
                         self.run.step,
                         logs.join(", ")
