@@ -14,6 +14,27 @@ use oml::samplers::SamplerConfig;
 use oml::train::{FitConfig, OptimizerKind, Schedule};
 use oml::{Model, RetrievalResults, Trainer};
 
+/// One recipe: name, network, input side, loss, learning rate, (labels, instances) per batch.
+type Recipe = (
+    &'static str,
+    ModelSpec,
+    u32,
+    CriterionConfig,
+    f64,
+    (usize, usize),
+);
+
+/// A recipe ready to run.
+struct Run {
+    name: &'static str,
+    model: Model,
+    size: u32,
+    loss: CriterionConfig,
+    lr: f64,
+    backbone_lr_scale: f64,
+    batch: (usize, usize),
+}
+
 fn net(width: usize, layers: [usize; 4]) -> ModelSpec {
     let mut spec = ModelSpec::custom(
         "glyph_resnet",
@@ -47,7 +68,8 @@ fn main() -> oml::Result<()> {
     )?;
     let train = ImageLabeledDataset::from_csv(&s.csv, None)?;
     let val = ImageQueryGalleryLabeledDataset::from_csv(&s.csv, None)?;
-    let pixels = RetrievalResults::from_embeddings(&oml::data::pixel_embeddings(&val, 32)?, &val, 5)?;
+    let pixels =
+        RetrievalResults::from_embeddings(&oml::data::pixel_embeddings(&val, 32)?, &val, 5)?;
     println!("raw pixels: CMC@1 {:.3}", pixels.metrics()?.cmc(1));
     let arcface = |s: f64| CriterionConfig::Arcface {
         m: 0.5,
@@ -61,26 +83,149 @@ fn main() -> oml::Result<()> {
             max_output_triplets: None,
         },
     );
-    let recipes: Vec<(&str, ModelSpec, u32, CriterionConfig, f64, (usize, usize))> = vec![
-        ("hard_1e-3", net(32, [1, 1, 1, 1]), 32, CriterionConfig::triplet_hard(0.2), 1e-3, (16, 4)),
-        ("all_1e-3", net(32, [1, 1, 1, 1]), 32, all.clone(), 1e-3, (16, 4)),
-        ("arcface16_1e-3", net(32, [1, 1, 1, 1]), 32, arcface(16.0), 1e-3, (16, 4)),
-        ("arcface30_1e-3", net(32, [1, 1, 1, 1]), 32, arcface(30.0), 1e-3, (16, 4)),
-        ("hard_3e-4", net(32, [1, 1, 1, 1]), 32, CriterionConfig::triplet_hard(0.2), 3e-4, (16, 4)),
-        ("all_3e-3", net(32, [1, 1, 1, 1]), 32, all.clone(), 3e-3, (16, 4)),
-        ("all_w16_48px", net(16, [1, 1, 1, 1]), 48, all.clone(), 1e-3, (16, 4)),
-        ("arcface16_w16_48px", net(16, [1, 1, 1, 1]), 48, arcface(16.0), 1e-3, (16, 4)),
-        ("arcface16_3e-3", net(32, [1, 1, 1, 1]), 32, arcface(16.0), 3e-3, (16, 4)),
-        ("arcface10_1e-3", net(32, [1, 1, 1, 1]), 32, arcface(10.0), 1e-3, (16, 4)),
-        ("arcface16_32x2", net(32, [1, 1, 1, 1]), 32, arcface(16.0), 1e-3, (32, 2)),
+    let recipes: Vec<Recipe> = vec![
+        (
+            "hard_1e-3",
+            net(32, [1, 1, 1, 1]),
+            32,
+            CriterionConfig::triplet_hard(0.2),
+            1e-3,
+            (16, 4),
+        ),
+        (
+            "all_1e-3",
+            net(32, [1, 1, 1, 1]),
+            32,
+            all.clone(),
+            1e-3,
+            (16, 4),
+        ),
+        (
+            "arcface16_1e-3",
+            net(32, [1, 1, 1, 1]),
+            32,
+            arcface(16.0),
+            1e-3,
+            (16, 4),
+        ),
+        (
+            "arcface30_1e-3",
+            net(32, [1, 1, 1, 1]),
+            32,
+            arcface(30.0),
+            1e-3,
+            (16, 4),
+        ),
+        (
+            "hard_3e-4",
+            net(32, [1, 1, 1, 1]),
+            32,
+            CriterionConfig::triplet_hard(0.2),
+            3e-4,
+            (16, 4),
+        ),
+        (
+            "all_3e-3",
+            net(32, [1, 1, 1, 1]),
+            32,
+            all.clone(),
+            3e-3,
+            (16, 4),
+        ),
+        (
+            "all_w16_48px",
+            net(16, [1, 1, 1, 1]),
+            48,
+            all.clone(),
+            1e-3,
+            (16, 4),
+        ),
+        (
+            "arcface16_w16_48px",
+            net(16, [1, 1, 1, 1]),
+            48,
+            arcface(16.0),
+            1e-3,
+            (16, 4),
+        ),
+        (
+            "arcface16_3e-3",
+            net(32, [1, 1, 1, 1]),
+            32,
+            arcface(16.0),
+            3e-3,
+            (16, 4),
+        ),
+        (
+            "arcface10_1e-3",
+            net(32, [1, 1, 1, 1]),
+            32,
+            arcface(10.0),
+            1e-3,
+            (16, 4),
+        ),
+        (
+            "arcface16_32x2",
+            net(32, [1, 1, 1, 1]),
+            32,
+            arcface(16.0),
+            1e-3,
+            (32, 2),
+        ),
     ];
-    for (name, spec, size, loss, lr, (labels, instances)) in recipes {
-        if !only.is_empty() && !only.contains(&name) {
-            continue;
+    // The pretrained path: the zoo's DINOv2 ViT-S/14 at 56 px, the backbone at a fiftieth of the
+    // base rate (ArcFace's class centres, new, at the base).
+    let pretrained: Vec<(&str, CriterionConfig, f64, f64)> = vec![
+        (
+            "dino_triplet_2e-5",
+            CriterionConfig::triplet_hard(0.1),
+            2e-5,
+            1.0,
+        ),
+        ("dino_arcface16", arcface(16.0), 1e-3, 0.02),
+        ("dino_arcface16_bb0.1", arcface(16.0), 1e-3, 0.1),
+    ];
+    let mut runs: Vec<Run> = Vec::new();
+    for (name, loss, lr, backbone_lr_scale) in pretrained {
+        if only.contains(&name) {
+            let model = Model::from_pretrained("vits14_dinov2")?.with_image_size(56)?;
+            runs.push(Run {
+                name,
+                model,
+                size: 56,
+                loss,
+                lr,
+                backbone_lr_scale,
+                batch: (8, 4),
+            });
         }
-        let model = Model::init(spec, 0)?
-            .with_transform(Transform::preset("norm_resize_torch", size)?)
-            .with_batch_size(64)?;
+    }
+    for (name, spec, size, loss, lr, batch) in recipes {
+        if only.is_empty() || only.contains(&name) {
+            let model =
+                Model::init(spec, 0)?.with_transform(Transform::preset("norm_resize_torch", size)?);
+            runs.push(Run {
+                name,
+                model,
+                size,
+                loss,
+                lr,
+                backbone_lr_scale: 1.0,
+                batch,
+            });
+        }
+    }
+    for Run {
+        name,
+        model,
+        size,
+        loss,
+        lr,
+        backbone_lr_scale,
+        batch: (labels, instances),
+    } in runs
+    {
+        let model = model.with_batch_size(64)?;
         let before = RetrievalResults::from_embeddings(&model.embed(&val)?, &val, 5)?
             .metrics()?
             .cmc(1);
@@ -89,6 +234,7 @@ fn main() -> oml::Result<()> {
                 max_epochs: 100_000,
                 sampler: SamplerConfig::balance(labels, instances),
                 optimizer: OptimizerKind::adamw(lr),
+                backbone_lr_scale,
                 scheduler: Schedule::Constant { warmup_steps: 20 },
                 max_seconds: Some(seconds),
                 valid_every_epochs: 0,

@@ -587,17 +587,7 @@ impl Transform {
 
 /// Scales an 8-bit RGB image to `[0, 1]` and normalises it, channel-major (CHW).
 pub fn normalise_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
-    let (w, h) = img.dimensions();
-    let plane = (w * h) as usize;
-    let mut out = vec![0f32; 3 * plane];
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * std[c]));
-    let shift: [f32; 3] = std::array::from_fn(|c| mean[c] / std[c]);
-    for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = px.0[c] as f32 * scale[c] - shift[c];
-        }
-    }
-    out
+    oml_kernels::pixels::normalise_chw(img.as_raw(), mean, std)
 }
 
 fn resize(img: &RgbImage, width: u32, height: u32, interpolation: Interpolation) -> RgbImage {
@@ -761,15 +751,7 @@ fn apply_op<R: Rng + ?Sized>(op: &Op, img: RgbImage, rng: &mut R) -> RgbImage {
                 return img;
             }
             let mut out = img;
-            for px in out.pixels_mut() {
-                // Box-Muller: one standard normal per pixel, the same on every channel.
-                let u1: f32 = rng.random_range(f32::EPSILON..1.0);
-                let u2: f32 = rng.random();
-                let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
-                for c in px.0.iter_mut() {
-                    *c = (*c as f32 + std * z).round().clamp(0.0, 255.0) as u8;
-                }
-            }
+            oml_kernels::pixels::gauss_noise_rgb(&mut out, std, rng.random());
             out
         }
     }
@@ -781,13 +763,12 @@ fn apply_op<R: Rng + ?Sized>(op: &Op, img: RgbImage, rng: &mut R) -> RgbImage {
 fn affine(
     img: &RgbImage,
     angle: f32,
-    (tx, ty): (f32, f32),
+    shift: (f32, f32),
     s: f32,
     shear: f32,
     fill: [u8; 3],
 ) -> RgbImage {
     let (w, h) = img.dimensions();
-    let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
     // Forward: M = s * R(angle) * Shear(shear); the inverse maps an output pixel to its source.
     let (ca, sa) = (angle.cos(), angle.sin());
     let k = shear.tan();
@@ -801,69 +782,15 @@ fn affine(
         [m[1][1] / det, -m[0][1] / det],
         [-m[1][0] / det, m[0][0] / det],
     ];
-    let mut out = RgbImage::from_pixel(w, h, Rgb(fill));
-    for y in 0..h {
-        for x in 0..w {
-            let (dx, dy) = (x as f32 - cx - tx, y as f32 - cy - ty);
-            let sx = inv[0][0] * dx + inv[0][1] * dy + cx;
-            let sy = inv[1][0] * dx + inv[1][1] * dy + cy;
-            if sx < -1.0 || sy < -1.0 || sx > w as f32 || sy > h as f32 {
-                continue;
-            }
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (fx, fy) = (sx - x0, sy - y0);
-            let at = |xx: f32, yy: f32| -> [f32; 3] {
-                if xx < 0.0 || yy < 0.0 || xx >= w as f32 || yy >= h as f32 {
-                    fill.map(f32::from)
-                } else {
-                    img.get_pixel(xx as u32, yy as u32).0.map(f32::from)
-                }
-            };
-            let (a, b, c, d) = (
-                at(x0, y0),
-                at(x0 + 1.0, y0),
-                at(x0, y0 + 1.0),
-                at(x0 + 1.0, y0 + 1.0),
-            );
-            let v: [u8; 3] = std::array::from_fn(|i| {
-                let top = a[i] * (1.0 - fx) + b[i] * fx;
-                let bottom = c[i] * (1.0 - fx) + d[i] * fx;
-                (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8
-            });
-            out.put_pixel(x, y, Rgb(v));
-        }
-    }
-    out
+    let out = oml_kernels::pixels::affine_rgb(img.as_raw(), (w, h), inv, shift, fill);
+    RgbImage::from_raw(w, h, out).unwrap_or_else(|| img.clone())
 }
 
 /// A square minimum (`thicken`: dark strokes grow) or maximum filter of radius `r`, separable.
 fn morph(img: &RgbImage, r: u32, thicken: bool) -> RgbImage {
     let (w, h) = img.dimensions();
-    let pick = |a: u8, b: u8| if thicken { a.min(b) } else { a.max(b) };
-    let pass = |src: &RgbImage, horizontal: bool| -> RgbImage {
-        let mut out = src.clone();
-        for y in 0..h {
-            for x in 0..w {
-                let mut v = src.get_pixel(x, y).0;
-                for d in 1..=r as i64 {
-                    for sign in [-1i64, 1] {
-                        let (xx, yy) = if horizontal {
-                            (x as i64 + sign * d, y as i64)
-                        } else {
-                            (x as i64, y as i64 + sign * d)
-                        };
-                        if xx >= 0 && yy >= 0 && xx < w as i64 && yy < h as i64 {
-                            let p = src.get_pixel(xx as u32, yy as u32).0;
-                            v = std::array::from_fn(|c| pick(v[c], p[c]));
-                        }
-                    }
-                }
-                out.put_pixel(x, y, Rgb(v));
-            }
-        }
-        out
-    };
-    pass(&pass(img, true), false)
+    let out = oml_kernels::pixels::morph_rgb(img.as_raw(), (w, h), r, thicken);
+    RgbImage::from_raw(w, h, out).unwrap_or_else(|| img.clone())
 }
 
 /// torchvision's `CenterCrop`: the top-left corner at `round((H - h) / 2)` (half to even, as
