@@ -206,7 +206,7 @@ fn four_adamw_steps_on_dinov2_match_python_oml() {
 }
 
 /// The README's demo on the real DINOv2-S/14 weights, budgeted: fine-tuning must raise CMC@1 on
-/// unseen letters (cross-font) well above the zero-shot backbone.
+/// unseen letters (distorted serif queries, clean gallery) above the zero-shot backbone.
 #[test]
 #[ignore = "needs the shared DINOv2-S/14 weights (shared/weights or OML_SHARED_WEIGHTS); ~4 min"]
 fn fine_tuning_dinov2_on_glyphs_gains_cmc_at_1() {
@@ -222,6 +222,8 @@ fn fine_tuning_dinov2_on_glyphs_gains_cmc_at_1() {
     println!("{r:?}");
     assert!(r.steps >= 20, "{} steps", r.steps);
     let (before, after) = (r.rows[1].cmc1, r.rows[2].cmc1);
-    assert!(after > before + 0.1, "CMC@1 {before:.3} -> {after:.3}");
+    // The demo's protocol (distorted serif queries against a clean gallery): 300 s give about
+    // +0.14 with these weights, 120 s about +0.11.
+    assert!(after > before + 0.05, "CMC@1 {before:.3} -> {after:.3}");
     assert!(r.report.is_file());
 }

@@ -189,8 +189,12 @@ fn recipe(cfg: &DemoConfig) -> Result<Recipe> {
                 let first = reason.split(". ").next().unwrap_or(&reason).to_owned();
                 println!("   zoo: {first}");
                 println!("   going on offline: a small ResNet trained from scratch");
-                // The cause, for the report: the last clause of the message.
-                let cause = first.rsplit(": ").next().unwrap_or(&first).trim();
+                let cause = if crate::zoo::Hub::from_env().offline {
+                    "the network is off: OML_OFFLINE or HF_HUB_OFFLINE is set".to_owned()
+                } else {
+                    // The cause: what the download said, after the request it names.
+                    first.rsplit(": ").next().unwrap_or(&first).trim().to_owned()
+                };
                 format!("the zoo's vits14_dinov2 could not be had ({cause})")
             }
         }
