@@ -31,6 +31,7 @@ export JUPYTER_DATA_DIR="$cache/jupyter"
 # evcxr configuration (a fixed build folder reused by every notebook, cells unoptimised, the crates
 # they use optimised).
 cargo run --quiet -- notebook setup --jupyter-dir "$JUPYTER_PATH" \
+  --build-dir "${OML_EVCXR_ROOT:-$cache/evcxr}" --config-dir "$cache/evcxr-config" \
   --install-target-dir "$cache/evcxr-install-target"
 
 # Notebooks never wait for the Hub. The zoo model of notebooks 03 and 04 comes from a local weights

@@ -193,7 +193,12 @@ fn recipe(cfg: &DemoConfig) -> Result<Recipe> {
                     "the network is off: OML_OFFLINE or HF_HUB_OFFLINE is set".to_owned()
                 } else {
                     // The cause: what the download said, after the request it names.
-                    first.rsplit(": ").next().unwrap_or(&first).trim().to_owned()
+                    first
+                        .rsplit(": ")
+                        .next()
+                        .unwrap_or(&first)
+                        .trim()
+                        .to_owned()
                 };
                 format!("the zoo's vits14_dinov2 could not be had ({cause})")
             }
@@ -209,12 +214,7 @@ fn recipe(cfg: &DemoConfig) -> Result<Recipe> {
         model,
         name: "glyph ResNet-10 (32 channels), random initialisation".into(),
         path: format!("from scratch: {why}"),
-        loss: CriterionConfig::Arcface {
-            m: 0.5,
-            s: 16.0,
-            smoothing_epsilon: 0.0,
-            mlp_features: Vec::new(),
-        },
+        loss: CriterionConfig::arcface_with(0.5, 16.0),
         lr: cfg.lr.unwrap_or(3e-3),
         sampler: SamplerConfig::balance(16, 4),
         size,

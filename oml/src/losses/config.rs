@@ -195,9 +195,14 @@ impl CriterionConfig {
 
     /// `ArcFaceLoss` with OML's defaults (m 0.5, s 64).
     pub fn arcface() -> Self {
+        Self::arcface_with(arc_m(), arc_s())
+    }
+
+    /// `ArcFaceLoss` with angular margin `m` and scale `s`.
+    pub fn arcface_with(m: f64, s: f64) -> Self {
         CriterionConfig::Arcface {
-            m: arc_m(),
-            s: arc_s(),
+            m,
+            s,
             smoothing_epsilon: 0.0,
             mlp_features: Vec::new(),
         }
