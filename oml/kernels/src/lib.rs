@@ -9,6 +9,7 @@
 //! Sums across rows (the gradients of a bias or a norm's weights) are taken in a fixed order that
 //! depends only on the shapes, never on the thread count, so training stays bit-reproducible.
 
+pub mod linalg;
 pub mod pixels;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};

@@ -6,9 +6,23 @@
 //! `n = 1 + #{cs <= v}` (so `v = 1` gives `(min(N, D) + 1) / D` when the shares sum to 1 exactly);
 //! degenerate inputs (no variance) give `(min(N, D) + 1) / D`, as OML's arithmetic does.
 
-use nalgebra::{DMatrix, SymmetricEigen};
+use candle_core::{DType, Device, Tensor};
 
 use crate::{Error, Result};
+
+/// The scatter matrix `X^T X` (`dim x dim`, row-major, f64) of the rows of `embeddings` centred
+/// by their mean: one f64 matrix product (candle's, optimised in every profile).
+pub(crate) fn scatter(embeddings: &[f32], dim: usize) -> Result<Vec<f64>> {
+    let n = embeddings.len() / dim;
+    let x = Tensor::from_slice(embeddings, (n, dim), &Device::Cpu)?.to_dtype(DType::F64)?;
+    let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
+    Ok(centred
+        .t()?
+        .contiguous()?
+        .matmul(&centred)?
+        .flatten_all()?
+        .to_vec1::<f64>()?)
+}
 
 /// pcf for every fraction in `variances`; `embeddings` is `N` rows of `dim` values, row-major.
 pub fn pcf(embeddings: &[f32], dim: usize, variances: &[f64]) -> Result<Vec<f64>> {
@@ -26,30 +40,8 @@ pub fn pcf(embeddings: &[f32], dim: usize, variances: &[f64]) -> Result<Vec<f64>
         )));
     }
     let n = embeddings.len() / dim;
-    let mut mean = vec![0f64; dim];
-    for row in embeddings.chunks_exact(dim) {
-        for (m, &x) in mean.iter_mut().zip(row) {
-            *m += x as f64;
-        }
-    }
-    for m in &mut mean {
-        *m /= n as f64;
-    }
-    // Scatter matrix X^T X of the centred rows (D x D); its eigenvalues are the squared singular
-    // values of X. One matrix product (nalgebra's blocked gemm, optimised in every profile).
-    let centred = DMatrix::<f64>::from_row_iterator(
-        n,
-        dim,
-        embeddings
-            .chunks_exact(dim)
-            .flat_map(|row| row.iter().zip(&mean).map(|(&x, m)| x as f64 - m)),
-    );
-    let scatter = centred.tr_mul(&centred);
-    let mut eig: Vec<f64> = SymmetricEigen::new(scatter)
-        .eigenvalues
-        .iter()
-        .map(|&v| v.max(0.0))
-        .collect();
+    let (values, _) = oml_kernels::linalg::symmetric_eigen(&scatter(embeddings, dim)?, dim);
+    let mut eig: Vec<f64> = values.iter().map(|&v| v.max(0.0)).collect();
     eig.sort_by(|a, b| b.total_cmp(a));
     eig.truncate(n.min(dim));
     let total: f64 = eig.iter().sum();

@@ -2,7 +2,6 @@
 //! positive and negative pairs, and the triplets a miner picks from a batch.
 
 use candle_core::{DType, Device, Tensor};
-use nalgebra::{DMatrix, SymmetricEigen};
 use plotters::prelude::*;
 
 use super::grid::{ImageGrid, Tile};
@@ -32,38 +31,38 @@ pub fn pca_2d(embeddings: &Tensor) -> Result<Vec<(f32, f32)>> {
             "a 2-D projection needs at least 2 rows of 2 dimensions; got {n} x {d}"
         )));
     }
+    let scatter = crate::metrics::pcf::scatter(&flat, d)?;
+    let (values, vectors) = oml_kernels::linalg::symmetric_eigen(&scatter, d);
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    // Column k of the column-major eigenvector matrix, its largest coordinate made positive.
+    let axes: Vec<Vec<f64>> = order[..2]
+        .iter()
+        .map(|&k| {
+            let v = &vectors[k * d..(k + 1) * d];
+            let big = v
+                .iter()
+                .copied()
+                .fold(0.0, |a: f64, b| if b.abs() > a.abs() { b } else { a });
+            v.iter().map(|&c| if big < 0.0 { -c } else { c }).collect()
+        })
+        .collect();
     let mut mean = vec![0f64; d];
     for row in flat.chunks_exact(d) {
         for (m, &x) in mean.iter_mut().zip(row) {
             *m += x as f64 / n as f64;
         }
     }
-    let x = DMatrix::<f64>::from_row_iterator(
-        n,
-        d,
-        flat.chunks_exact(d)
-            .flat_map(|row| row.iter().zip(&mean).map(|(&v, m)| v as f64 - m)),
-    );
-    let eig = SymmetricEigen::new(x.tr_mul(&x));
-    let mut order: Vec<usize> = (0..d).collect();
-    order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
-    let axes: Vec<Vec<f64>> = order[..2]
-        .iter()
-        .map(|&k| {
-            let v: Vec<f64> = eig.eigenvectors.column(k).iter().copied().collect();
-            let big = v
-                .iter()
-                .copied()
-                .fold(0.0, |a: f64, b| if b.abs() > a.abs() { b } else { a });
-            v.into_iter()
-                .map(|c| if big < 0.0 { -c } else { c })
-                .collect()
-        })
-        .collect();
-    Ok((0..n)
-        .map(|i| {
-            let row = x.row(i);
-            let p = |axis: &[f64]| row.iter().zip(axis).map(|(a, b)| a * b).sum::<f64>() as f32;
+    Ok(flat
+        .chunks_exact(d)
+        .map(|row| {
+            let p = |axis: &[f64]| {
+                row.iter()
+                    .zip(&mean)
+                    .zip(axis)
+                    .map(|((&x, m), a)| (x as f64 - m) * a)
+                    .sum::<f64>() as f32
+            };
             (p(&axes[0]), p(&axes[1]))
         })
         .collect())
