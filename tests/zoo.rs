@@ -44,12 +44,12 @@ fn put_in_cache(cache: &Path, repo: &str, revision: &str, file: &str, data: &[u8
     snapshot
 }
 
-/// A minimal Hub: answers hf-hub's `Range: bytes=0-0` metadata request and its ranged GET with
-/// `body`, announcing `etag` (the sha256 the blob will be named by). Serves `requests` requests.
-fn fake_hub(
-    body: Vec<u8>,
-    etag: String,
+/// A local HTTP server for `requests` requests: `respond(path, range)` gives each whole response
+/// (`range`: the value of a `Range: bytes=` header, lower-cased). Returns its address and a handle
+/// that counts the requests served.
+fn serve(
     requests: usize,
+    respond: impl Fn(&str, Option<&str>) -> Vec<u8> + Send + 'static,
 ) -> (String, std::thread::JoinHandle<usize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -58,6 +58,8 @@ fn fake_hub(
         for stream in listener.incoming().take(requests) {
             let mut stream = stream.expect("stream");
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut first = String::new();
+            reader.read_line(&mut first).expect("request line");
             let mut range = None;
             loop {
                 let mut line = String::new();
@@ -68,32 +70,48 @@ fn fake_hub(
                     range = Some(v.trim().to_owned());
                 }
             }
-            let (start, end) = match range.as_deref() {
-                Some("0-0") => (0, 1),
-                Some(r) => (
-                    r.trim_end_matches('-').parse::<usize>().unwrap_or(0),
-                    body.len(),
-                ),
-                None => (0, body.len()),
-            };
-            let chunk = &body[start.min(body.len())..end.min(body.len())];
-            let head = format!(
-                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\n\
-                 x-repo-commit: 89abcdef0123456789abcdef0123456789abcdef\r\nx-linked-etag: \"{}\"\r\n\
-                 Connection: close\r\n\r\n",
-                chunk.len(),
-                start,
-                end.saturating_sub(1),
-                body.len(),
-                etag
-            );
-            stream.write_all(head.as_bytes()).expect("head");
-            stream.write_all(chunk).expect("body");
+            let path = first.split_whitespace().nth(1).unwrap_or_default();
+            stream
+                .write_all(&respond(path, range.as_deref()))
+                .expect("response");
             served += 1;
         }
         served
     });
     (format!("http://{addr}"), handle)
+}
+
+/// A minimal Hub: answers hf-hub's `Range: bytes=0-0` metadata request and its ranged GET with
+/// `body`, announcing `etag` (the sha256 the blob will be named by). Serves `requests` requests.
+fn fake_hub(
+    body: Vec<u8>,
+    etag: String,
+    requests: usize,
+) -> (String, std::thread::JoinHandle<usize>) {
+    serve(requests, move |_, range| {
+        let (start, end) = match range {
+            Some("0-0") => (0, 1),
+            Some(r) => (
+                r.trim_end_matches('-').parse::<usize>().unwrap_or(0),
+                body.len(),
+            ),
+            None => (0, body.len()),
+        };
+        let chunk = &body[start.min(body.len())..end.min(body.len())];
+        let mut out = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\n\
+             x-repo-commit: 89abcdef0123456789abcdef0123456789abcdef\r\nx-linked-etag: \"{}\"\r\n\
+             Connection: close\r\n\r\n",
+            chunk.len(),
+            start,
+            end.saturating_sub(1),
+            body.len(),
+            etag
+        )
+        .into_bytes();
+        out.extend_from_slice(chunk);
+        out
+    })
 }
 
 #[test]
@@ -297,46 +315,22 @@ fn file_server(
     files: Vec<(String, Vec<u8>)>,
     requests: usize,
 ) -> (String, std::thread::JoinHandle<usize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let handle = std::thread::spawn(move || {
-        let mut served = 0;
-        for stream in listener.incoming().take(requests) {
-            let mut stream = stream.expect("stream");
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut first = String::new();
-            reader.read_line(&mut first).expect("request line");
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).expect("read") == 0 || line == "\r\n" {
-                    break;
-                }
+    serve(requests, move |path, _| {
+        match files.iter().find(|(p, _)| p == path) {
+            Some((_, body)) => {
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                out.extend_from_slice(body);
+                out
             }
-            let path = first
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default()
-                .to_owned();
-            match files.iter().find(|(p, _)| *p == path) {
-                Some((_, body)) => {
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    stream.write_all(head.as_bytes()).expect("head");
-                    stream.write_all(body).expect("body");
-                }
-                None => {
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    );
-                }
+            None => {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
             }
-            served += 1;
         }
-        served
-    });
-    (format!("http://{addr}"), handle)
+    })
 }
 
 /// A safetensors file of `tensors` (any order) whose md5 starts with `prefix`: an ignorable

@@ -7,9 +7,9 @@
 //! Prints one line per recipe: CMC@1 before and after, steps. Raw pixels are printed first.
 
 use oml::data::{GlyphsConfig, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, Transform};
+use oml::demo::glyph_resnet_with;
 use oml::losses::{CriterionConfig, MinerConfig};
-use oml::models::resnet::{ResNetBlock, ResNetHead};
-use oml::models::{ModelSpec, NetworkConfig, ResNetConfig};
+use oml::models::ModelSpec;
 use oml::samplers::SamplerConfig;
 use oml::train::{FitConfig, OptimizerKind, Schedule};
 use oml::{Model, RetrievalResults, Trainer};
@@ -33,23 +33,6 @@ struct Run {
     lr: f64,
     backbone_lr_scale: f64,
     batch: (usize, usize),
-}
-
-fn net(width: usize, layers: [usize; 4]) -> ModelSpec {
-    let mut spec = ModelSpec::custom(
-        "glyph_resnet",
-        NetworkConfig::Resnet(ResNetConfig {
-            block: ResNetBlock::Basic,
-            layers,
-            width,
-            gem_p: None,
-            head: ResNetHead::Linear(1),
-            remove_fc: true,
-            normalise: true,
-        }),
-    );
-    spec.normalise = true;
-    spec
 }
 
 fn main() -> oml::Result<()> {
@@ -86,7 +69,7 @@ fn main() -> oml::Result<()> {
     let recipes: Vec<Recipe> = vec![
         (
             "hard_1e-3",
-            net(32, [1, 1, 1, 1]),
+            glyph_resnet_with(32, [1, 1, 1, 1]),
             32,
             CriterionConfig::triplet_hard(0.2),
             1e-3,
@@ -94,7 +77,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "all_1e-3",
-            net(32, [1, 1, 1, 1]),
+            glyph_resnet_with(32, [1, 1, 1, 1]),
             32,
             all.clone(),
             1e-3,
@@ -102,7 +85,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "arcface16_1e-3",
-            net(32, [1, 1, 1, 1]),
+            glyph_resnet_with(32, [1, 1, 1, 1]),
             32,
             arcface(16.0),
             1e-3,
@@ -110,7 +93,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "arcface30_1e-3",
-            net(32, [1, 1, 1, 1]),
+            glyph_resnet_with(32, [1, 1, 1, 1]),
             32,
             arcface(30.0),
             1e-3,
@@ -118,7 +101,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "hard_3e-4",
-            net(32, [1, 1, 1, 1]),
+            glyph_resnet_with(32, [1, 1, 1, 1]),
             32,
             CriterionConfig::triplet_hard(0.2),
             3e-4,
@@ -126,7 +109,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "all_3e-3",
-            net(32, [1, 1, 1, 1]),
+            glyph_resnet_with(32, [1, 1, 1, 1]),
             32,
             all.clone(),
             3e-3,
@@ -134,7 +117,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "all_w16_48px",
-            net(16, [1, 1, 1, 1]),
+            glyph_resnet_with(16, [1, 1, 1, 1]),
             48,
             all.clone(),
             1e-3,
@@ -142,7 +125,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "arcface16_w16_48px",
-            net(16, [1, 1, 1, 1]),
+            glyph_resnet_with(16, [1, 1, 1, 1]),
             48,
             arcface(16.0),
             1e-3,
@@ -150,7 +133,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "arcface16_3e-3",
-            net(32, [1, 1, 1, 1]),
+            glyph_resnet_with(32, [1, 1, 1, 1]),
             32,
             arcface(16.0),
             3e-3,
@@ -158,7 +141,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "arcface10_1e-3",
-            net(32, [1, 1, 1, 1]),
+            glyph_resnet_with(32, [1, 1, 1, 1]),
             32,
             arcface(10.0),
             1e-3,
@@ -166,7 +149,7 @@ fn main() -> oml::Result<()> {
         ),
         (
             "arcface16_32x2",
-            net(32, [1, 1, 1, 1]),
+            glyph_resnet_with(32, [1, 1, 1, 1]),
             32,
             arcface(16.0),
             1e-3,

@@ -139,12 +139,19 @@ struct Recipe {
 /// The small ResNet the demo trains from scratch: two basic blocks per stage would be too slow on
 /// two cores; one per stage, 32 channels wide, L2-normalised (a ResNet-10 at a quarter width).
 pub fn glyph_resnet() -> ModelSpec {
+    glyph_resnet_with(32, [1, 1, 1, 1])
+}
+
+/// A basic-block ResNet for glyph-sized images: `width` channels in the first stage (doubling at
+/// each of the four), `layers` blocks per stage, L2-normalised output.
+pub fn glyph_resnet_with(width: usize, layers: [usize; 4]) -> ModelSpec {
+    let depth = 2 + 2 * layers.iter().sum::<usize>();
     let mut spec = ModelSpec::custom(
-        "glyph_resnet10",
+        &format!("glyph_resnet{depth}"),
         NetworkConfig::Resnet(ResNetConfig {
             block: ResNetBlock::Basic,
-            layers: [1, 1, 1, 1],
-            width: 32,
+            layers,
+            width,
             gem_p: None,
             head: ResNetHead::Linear(1),
             remove_fc: true,
