@@ -36,6 +36,12 @@ Not mirrored: raw-pixel zero-shot metrics, the HTML report, training logs/plots.
 (``num_workers=0``). The last stdout line is one JSON object with the before/after metrics and the throughput.
 
 ``--val-labels N`` (debug only; default: all) keeps the first N validation labels so a smoke run is quick.
+
+``--recipe demo`` (the current ``oml demo`` pretrained path) instead trains with the torchvision counterparts of
+our ``augs_glyphs`` preset (``RandomAffine(12 deg, translate 0.08, scale 0.8-1.1, shear 15, white fill)``, a
+stroke-weight step (PIL's 3x3 min or max filter with probability 0.7), ``GaussianBlur`` (sigma 0.3-1.2, p 0.6),
+Gaussian noise (std 20/255, p 0.6), then the resize) and validates with the model's transform as the demo scales
+it (``get_normalisation_resize_hypvit(im_size=56, crop_size=56)``); ``--recipe old`` (default) is the recipe above.
 """
 
 import argparse
@@ -58,7 +64,11 @@ from oml.miners import HardTripletsMiner
 from oml.models import ViTExtractor
 from oml.retrieval import RetrievalResults
 from oml.samplers import BalanceSampler
-from oml.transforms.images.torchvision import get_augs_torch, get_normalisation_resize_torch
+from oml.transforms.images.torchvision import (
+    get_augs_torch,
+    get_normalisation_resize_hypvit,
+    get_normalisation_resize_torch,
+)
 
 N_LABELS, N_INSTANCES = 8, 4
 LR, WEIGHT_DECAY, WARMUP_STEPS = 2e-5, 0.01, 20
@@ -81,7 +91,43 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (besides --budget)")
     p.add_argument("--image-size", type=int, default=56)
     p.add_argument("--val-labels", type=int, default=None, help="debug: keep only the first N validation labels")
+    p.add_argument("--recipe", choices=["old", "demo"], default="old")
     return p.parse_args()
+
+
+def glyph_augs(size: int):
+    """torchvision counterparts of oml's ``augs_glyphs`` (see the module docstring)."""
+    import torchvision.transforms as T
+    from PIL import ImageFilter
+
+    def stroke(img):
+        if random.random() >= 0.7:
+            return img
+        return img.filter(ImageFilter.MinFilter(3) if random.random() < 0.5 else ImageFilter.MaxFilter(3))
+
+    def noise(x):
+        if random.random() >= 0.6:
+            return x
+        return (x + torch.randn(1, *x.shape[1:]) * (20.0 / 255.0)).clamp(0.0, 1.0)
+
+    return T.Compose(
+        [
+            T.RandomAffine(
+                degrees=12,
+                translate=(0.08, 0.08),
+                scale=(0.8, 1.1),
+                shear=(-15, 15),
+                interpolation=T.InterpolationMode.BILINEAR,
+                fill=255,
+            ),
+            T.Lambda(stroke),
+            T.RandomApply([T.GaussianBlur(kernel_size=7, sigma=(0.3, 1.2))], p=0.6),
+            T.ToTensor(),
+            T.Lambda(noise),
+            T.Resize((size, size), antialias=True),
+            T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
 
 
 def as_bool(col: pd.Series) -> pd.Series:
@@ -145,10 +191,14 @@ def main() -> None:
     df_train, df_val = load_frames(args.csv, args.val_labels)
     size = max(args.image_size // 14, 1) * 14
 
-    train = ImageLabeledDataset(df_train, dataset_root=root, transform=get_augs_torch(im_size=size))
-    val = ImageQueryGalleryLabeledDataset(
-        df_val, dataset_root=root, transform=get_normalisation_resize_torch(im_size=size)
-    )
+    if args.recipe == "demo":
+        train_tf = glyph_augs(size)
+        val_tf = get_normalisation_resize_hypvit(im_size=size, crop_size=size)
+    else:
+        train_tf = get_augs_torch(im_size=size)
+        val_tf = get_normalisation_resize_torch(im_size=size)
+    train = ImageLabeledDataset(df_train, dataset_root=root, transform=train_tf)
+    val = ImageQueryGalleryLabeledDataset(df_val, dataset_root=root, transform=val_tf)
     n_q, n_g = int(df_val["is_query"].sum()), int(df_val["is_gallery"].sum())
     print(
         f"train: {len(train)} images, {df_train['label'].nunique()} labels; validation: {len(val)} images, "
