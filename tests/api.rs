@@ -248,12 +248,17 @@ fn configs_reach_every_sampler_and_loss_and_name_the_key() {
          max_steps: 2\nvalid_every_epochs: 0\nlogs_dir: run\nlog_every_steps: 1000\n\
          transforms_train: norm_resize_torch\ntransforms_val: norm_resize_torch\n"
         .to_owned();
-    for extra in [
+    for (i, extra) in [
         "sampler: { name: category_balance, n_categories: 2, n_labels: 2, n_instances: 2, resample_labels: true }\n",
         "sampler: { name: distinct_category_balance, n_categories: 2, n_labels: 2, n_instances: 2, epoch_size: 4 }\n",
         "criterion: { name: arcface, mlp_features: [16], s: 16 }\nsampler: { name: balance, n_labels: 4, n_instances: 2 }\n",
         "criterion: { name: surrogate_precision, k: 2 }\nsampler: { name: balance, n_labels: 4, n_instances: 2 }\n",
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // One run folder each: `oml train` does not start over an earlier run's checkpoints.
+        let base = base.replace("logs_dir: run", &format!("logs_dir: run{i}"));
         let yaml = if extra.contains("distinct") {
             format!("{base}{extra}").replace("df.csv", "two.csv")
         } else {
@@ -261,7 +266,7 @@ fn configs_reach_every_sampler_and_loss_and_name_the_key() {
         };
         let cfg = oml::pipeline::JobConfig::from_yaml(&yaml, &[], Some(dir.path()))
             .unwrap_or_else(|e| panic!("{extra}: {e}"));
-        let r = oml::pipeline::train(&cfg).unwrap_or_else(|e| panic!("{extra}: {e}"));
+        let r = oml::pipeline::train(&cfg, None).unwrap_or_else(|e| panic!("{extra}: {e}"));
         assert_eq!(r.steps, 2, "{extra}");
         assert!(
             r.history.losses().iter().all(|(_, l)| l.is_finite()),

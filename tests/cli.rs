@@ -366,7 +366,7 @@ fn embed_import_evaluate_train_validate_predict() {
         "config.yaml",
         "metrics.jsonl",
         "last.safetensors",
-        "state.json",
+        "checkpoints/LATEST",
         "report.json",
         "loss.png",
     ] {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use oml::data::{
-    GlyphsConfig, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, SampleTable, Split,
-    Transform,
+    GlyphsConfig, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, ImageSource, SampleTable,
+    Split, Transform,
 };
 use oml::losses::NRange;
 use oml::models::{ModelSpec, NetworkConfig, ViTConfig};
@@ -123,6 +123,13 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
     v
 }
 
+/// The newest checkpoint set of a run folder.
+fn latest_set(dir: &Path) -> PathBuf {
+    let ck = dir.join("checkpoints");
+    let name = std::fs::read_to_string(ck.join("LATEST")).expect("LATEST");
+    ck.join(name.trim())
+}
+
 #[test]
 fn a_short_run_lowers_the_loss_and_writes_its_outputs() {
     let data = tempfile::tempdir().expect("tmp");
@@ -152,8 +159,6 @@ fn a_short_run_lowers_the_loss_and_writes_its_outputs() {
     for f in [
         "last.safetensors",
         "best.safetensors",
-        "state.json",
-        "optimizer.safetensors",
         "metrics.jsonl",
         "loss.png",
         "lr.png",
@@ -168,6 +173,32 @@ fn a_short_run_lowers_the_loss_and_writes_its_outputs() {
         .count();
     assert_eq!(lines, history.len());
     assert!(report.best.is_some() && report.last_metrics.is_some());
+    // The checkpoint: one complete set per epoch, the newest and the one before kept; the top
+    // level's last.safetensors is the newest set's.
+    let set = latest_set(&logs);
+    assert!(
+        set.ends_with(format!("step-{:09}", report.steps)),
+        "{set:?}"
+    );
+    for f in [
+        "state.json",
+        "optimizer.safetensors",
+        "criterion.safetensors",
+        "last.safetensors",
+    ] {
+        assert!(set.join(f).is_file(), "{f} missing in {set:?}");
+    }
+    assert_eq!(
+        std::fs::read(set.join("last.safetensors")).expect("set"),
+        std::fs::read(logs.join("last.safetensors")).expect("top")
+    );
+    let sets: Vec<_> = std::fs::read_dir(logs.join("checkpoints"))
+        .expect("checkpoints")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(sets.len(), 2, "the newest set and the one before: {sets:?}");
 }
 
 #[test]
@@ -197,11 +228,11 @@ fn a_resumed_run_ends_with_the_same_weights_as_one_that_ran_through() {
     let r = second.fit().expect("second part");
     assert_eq!(r.ending, Ending::Completed);
     // The history: the first part's records (from metrics.jsonl) and the second's, as one run.
-    // (JSON keeps f64 to within a unit in the last place.)
+    // (JSON keeps f64 exactly: serde_json reads with `float_roundtrip`.)
     let (a, b) = (steps(&second), steps(&through));
     assert_eq!(a.len(), b.len());
     for ((la, _), (lb, _)) in a.iter().zip(&b) {
-        assert!((la - lb).abs() <= 1e-12 * lb.abs(), "{la} vs {lb}");
+        assert_eq!(la.to_bits(), lb.to_bits(), "{la} vs {lb}");
     }
     assert_eq!(
         second.history().records().len(),
@@ -284,6 +315,17 @@ fn resuming_restores_the_miners_memory() {
     };
     let dir = data.path().join("bank_resumed");
     let t = trainer_with(&table, Some(dir.clone()), 1e-3, 2, Precision::F32, other);
+    let e = t.resume(&dir).expect_err("another bank size").to_string();
+    assert!(
+        e.contains("criterion.miner.bank_size_in_batches: 2 -> 3"),
+        "{e}"
+    );
+    // A set without the saved settings (an older state file) is still checked tensor by tensor.
+    let state_path = latest_set(&dir).join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    state.as_object_mut().expect("object").remove("identity");
+    std::fs::write(&state_path, state.to_string()).expect("write");
     let e = t.resume(&dir).expect_err("another bank size").to_string();
     assert!(
         e.contains("MinerWithBank") && e.contains("does not fit"),
@@ -441,7 +483,7 @@ fn mixed_precision_follows_f32_and_f16_skips_overflowed_steps_and_resumes_its_sc
     let dir = data.path().join("f16");
     drop(run(Precision::F16, Some(dir.clone()), 2));
     let before = weights(&dir);
-    let state_path = dir.join("state.json");
+    let state_path = latest_set(&dir).join("state.json");
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
     assert_eq!(state["grad_scaler"]["scale"], 65536.0);
@@ -458,6 +500,7 @@ fn mixed_precision_follows_f32_and_f16_skips_overflowed_steps_and_resumes_its_sc
     assert_eq!(logs.get("loss_scale").map(|s| s / 1e30), Some(1.0));
     assert_eq!(logs.get("skipped"), Some(&1.0), "{logs:?}");
     assert_eq!(weights(&dir), before, "a skipped step leaves the weights");
+    let state_path = latest_set(&dir).join("state.json");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
     let scale = state["grad_scaler"]["scale"].as_f64().expect("scale");
@@ -468,15 +511,24 @@ fn mixed_precision_follows_f32_and_f16_skips_overflowed_steps_and_resumes_its_sc
     // A forward pass that gives NaN embeddings (the final norm's weight set to NaN): under f16 that
     // is an overflow as far as the scaler can tell, so the step is skipped as PyTorch's GradScaler
     // skips it (in f32 it is an error: a_nan_loss_stops...).
-    let mut state = state;
-    state["grad_scaler"]["scale"] = serde_json::json!(65536.0);
-    std::fs::write(&state_path, state.to_string()).expect("write state");
-    let mut w = candle_core::safetensors::load(dir.join("last.safetensors"), &Device::Cpu)
-        .expect("weights");
+    // The weights are edited through the trainer and saved as a new set of the same step (a
+    // file edited in place would no longer match the hash its state.json records).
+    let mut w = t.model().state_dict();
     let key = "norm.weight";
     let nan = (w[key].clone() * f64::NAN).expect("nan");
     w.insert(key.into(), nan);
-    candle_core::safetensors::save(&w, dir.join("last.safetensors")).expect("save");
+    t.model().set_state_dict(&w).expect("set");
+    t.save_state(&dir).expect("save");
+    assert_eq!(
+        latest_set(&dir).join("state.json"),
+        state_path,
+        "the same step's set"
+    );
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    assert_eq!(state["step"], 3);
+    state["grad_scaler"]["scale"] = serde_json::json!(65536.0);
+    std::fs::write(&state_path, state.to_string()).expect("write state");
     let bits = |d: &Path| -> Vec<(String, Vec<u32>)> {
         weights(d)
             .into_iter()
@@ -493,4 +545,183 @@ fn mixed_precision_follows_f32_and_f16_skips_overflowed_steps_and_resumes_its_sc
     assert_eq!(s.len(), 4);
     assert_eq!(s[3].1.get("skipped"), Some(&1.0), "{:?}", s[3].1);
     assert_eq!(bits(&dir), edited, "a skipped step leaves the weights");
+}
+
+/// The steps of a trainer's checkpoint sets, newest first.
+fn set_steps(dir: &Path) -> Vec<usize> {
+    let mut v: Vec<usize> = std::fs::read_dir(dir.join("checkpoints"))
+        .expect("checkpoints")
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("step-")
+                .and_then(|s| s.parse().ok())
+        })
+        .collect();
+    v.sort_unstable_by_key(|s| std::cmp::Reverse(*s));
+    v
+}
+
+/// A set whose files do not agree with its state.json (a torn file, a step that is not the
+/// folder's) is refused with the file named, and the set before it is used.
+#[test]
+fn a_torn_or_mismatched_checkpoint_set_is_refused_by_name_and_the_previous_one_is_used() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let dir = data.path().join("run");
+    let t = trainer(&table, Some(dir.clone()), 1e-3, 2);
+    let report = t.fit().expect("fit");
+    let steps = set_steps(&dir);
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(steps[0], report.steps);
+    let (newest, previous) = (steps[0], steps[1]);
+    let newest_dir = latest_set(&dir);
+
+    // A truncated optimizer file in the newest set.
+    let opt = newest_dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&opt).expect("read");
+    std::fs::write(&opt, &bytes[..bytes.len() / 2]).expect("truncate");
+    let r = trainer(&table, Some(dir.clone()), 1e-3, 2);
+    r.resume(&dir).expect("the previous set");
+    assert_eq!(r.steps(), previous);
+
+    // Both sets broken: the error names each refused file.
+    std::fs::write(&opt, &bytes).expect("restore");
+    let state_path = newest_dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    state["step"] = serde_json::json!(newest + 1);
+    std::fs::write(&state_path, state.to_string()).expect("write");
+    let prev_model = dir
+        .join("checkpoints")
+        .join(format!("step-{previous:09}"))
+        .join("last.safetensors");
+    let mut w = std::fs::read(&prev_model).expect("read");
+    let last = w.len() - 1;
+    w[last] ^= 0x55;
+    std::fs::write(&prev_model, w).expect("write");
+    let r = trainer(&table, Some(dir.clone()), 1e-3, 2);
+    let e = r.resume(&dir).expect_err("no complete set").to_string();
+    assert!(
+        e.contains(&format!("step-{newest:09}/state.json"))
+            && e.contains(&format!("records step {}", newest + 1)),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("step-{previous:09}/last.safetensors")) && e.contains("sha256"),
+        "{e}"
+    );
+    assert_eq!(r.steps(), 0, "a refused resume changes nothing");
+    // The resume of a folder without checkpoints says so.
+    let e = r
+        .resume(&data.path().join("nothing"))
+        .expect_err("empty")
+        .to_string();
+    assert!(e.contains("no checkpoint to resume from"), "{e}");
+}
+
+/// Resuming with settings that change what a step computes is refused with the keys listed;
+/// budgets may grow.
+#[test]
+fn resuming_with_other_settings_is_refused_with_the_keys_and_budgets_may_grow() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let dir = data.path().join("run");
+    let t = trainer(&table, Some(dir.clone()), 1e-3, 1);
+    t.fit().expect("fit");
+    let other = trainer_with(
+        &table,
+        Some(dir.clone()),
+        2e-3,
+        1,
+        Precision::F32,
+        Miner::AllTriplets {
+            max_output_triplets: None,
+        },
+    );
+    let e = other.resume(&dir).expect_err("other settings").to_string();
+    assert!(
+        e.contains("optimizer.lr: 0.001 -> 0.002") && e.contains("criterion.miner.name"),
+        "{e}"
+    );
+    assert!(!e.contains("max_epochs"), "{e}");
+    // More epochs: the run goes on from where it ended.
+    let more = trainer(&table, Some(dir.clone()), 1e-3, 3);
+    more.resume(&dir).expect("budgets may grow");
+    let before = more.steps();
+    let r = more.fit().expect("fit");
+    assert_eq!(r.epochs, 3);
+    assert!(r.steps > before);
+}
+
+/// An unreadable training image: by default the run stops naming the file and the step; with
+/// `on_bad_image: skip` it is replaced by another image of its label, and reported.
+#[test]
+fn an_unreadable_training_image_stops_the_run_or_is_skipped_by_policy() {
+    use oml::train::BadImagePolicy;
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
+    // Every image of one label but the last is corrupt: any batch with that label meets one.
+    let label = train.labels()[0];
+    let members: Vec<usize> = (0..train.len())
+        .filter(|&i| train.labels()[i] == label)
+        .collect();
+    assert!(members.len() >= 3, "{members:?}");
+    let bad: Vec<PathBuf> = members[..members.len() - 1]
+        .iter()
+        .map(|&i| train.image_path(i))
+        .collect();
+    for p in &bad {
+        std::fs::write(p, b"\x89PNG\r\n\x1a\nnot really").expect("corrupt");
+    }
+    let e = trainer(&table, None, 1e-3, 1)
+        .fit()
+        .expect_err("a bad image")
+        .to_string();
+    assert!(
+        bad.iter().any(|p| e.contains(&p.display().to_string()))
+            && e.contains("training step")
+            && e.contains("on_bad_image: skip"),
+        "{e}"
+    );
+    let dir = data.path().join("skip");
+    let t = trainer(&table, Some(dir.clone()), 1e-3, 2);
+    let mut cfg = t.config();
+    cfg.on_bad_image = BadImagePolicy::Skip;
+    let t = Trainer::builder(t.model(), &train, t.loss().clone())
+        .config(cfg)
+        .train_transform(Transform::preset("augs_torch", 32).expect("t"))
+        .build()
+        .expect("trainer");
+    let r = t.fit().expect("skipped");
+    assert_eq!(r.ending, Ending::Completed);
+    let n = r.skipped_images.len();
+    let first = r.skipped_images.clone();
+    assert!(n >= 1, "{:?}", r.skipped_images);
+    assert!(r.skipped_images.iter().all(|s| bad.contains(&s.path)));
+    assert!(
+        r.summary()
+            .contains(&format!("{n} unreadable training image(s) skipped")),
+        "{}",
+        r.summary()
+    );
+    let jsonl = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("jsonl");
+    let skipped: Vec<&str> = jsonl
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"skipped\""))
+        .collect();
+    assert_eq!(skipped.len(), n, "each reported once: {jsonl}");
+    // A resumed run keeps the count (the skipped list is part of the checkpoint).
+    let again = Trainer::builder(t.model(), &train, t.loss().clone())
+        .config(t.config())
+        .train_transform(Transform::preset("augs_torch", 32).expect("t"))
+        .resume(&dir)
+        .build()
+        .expect("resume");
+    again.set_max_epochs(3).expect("epochs");
+    let r = again.fit().expect("fit");
+    assert!(r.skipped_images.len() >= n && r.skipped_images.len() <= bad.len());
+    assert_eq!(r.skipped_images[..n], first[..]);
 }

@@ -35,6 +35,7 @@ pub mod demo;
 pub mod device;
 pub mod embed;
 pub mod error;
+mod fsio;
 pub mod kernel;
 pub mod losses;
 pub mod metrics;

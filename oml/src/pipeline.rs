@@ -43,12 +43,20 @@ pub struct ModelConfig {
     /// MLP head sizes.
     #[serde(default)]
     pub mlp: Vec<usize>,
+    /// The network's whole configuration, for a network that is not one of the named archs
+    /// (`arch` is then its name): e.g. `{ family: resnet, block: basic, layers: [1, 1, 1, 1],
+    /// width: 32, gem_p: null, head: { linear: 1 }, remove_fc: true, normalise: true }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::models::NetworkConfig>,
 }
 
 impl ModelConfig {
     /// The arch and options.
     pub fn spec(&self) -> ModelSpec {
-        let mut s = ModelSpec::new(&self.arch);
+        let mut s = match &self.network {
+            Some(n) => ModelSpec::custom(&self.arch, n.clone()),
+            None => ModelSpec::new(&self.arch),
+        };
         s.normalise = self.normalise;
         s.gem_p = self.gem_p;
         s.mlp = self.mlp.clone();
@@ -155,6 +163,7 @@ fn key_sets() -> (Vec<String>, Vec<String>) {
                 normalise: false,
                 gem_p: None,
                 mlp: Vec::new(),
+                network: None,
             },
             image_size: 0,
             transforms_train: String::new(),
@@ -479,12 +488,25 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 }
 
 /// `oml train`: fine-tunes and writes checkpoints, history, plots, the resolved config and the
-/// report into `logs_dir`.
-pub fn train(cfg: &JobConfig) -> Result<FitReport> {
+/// report into `logs_dir`. With `resume`, continues the run saved in that folder (`None`: start a
+/// new run, refused when `logs_dir` holds an earlier run's checkpoint, so that nothing is lost).
+pub fn train(cfg: &JobConfig, resume: Option<&Path>) -> Result<FitReport> {
     let logs = cfg.logs_dir();
+    if resume.is_none() && crate::train::has_checkpoint(&logs) {
+        return Err(Error::Msg(format!(
+            "{} holds the checkpoints of an earlier run: continue it with `oml train --config \
+             ... --resume`, or start a new one elsewhere (--set logs_dir=runs/new) or after \
+             deleting the folder",
+            logs.display()
+        )));
+    }
+    let trainer = cfg.trainer()?;
+    if let Some(dir) = resume {
+        trainer.resume(dir)?;
+    }
     let resolved = serde_norway::to_string(cfg).map_err(|e| Error::Msg(e.to_string()))?;
     write_text(&logs.join("config.yaml"), &resolved)?;
-    let report = cfg.trainer()?.fit()?;
+    let report = trainer.fit()?;
     write_json(&logs.join("report.json"), &report)?;
     Ok(report)
 }

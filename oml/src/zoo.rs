@@ -599,11 +599,12 @@ fn oml_checkpoint(model: &ZooModel, hub: &Hub) -> Result<Located> {
     }
     // Convert once: exactly the network's tensors, in OML's names.
     let varmap = crate::models::import(&model.spec()?, &raw)?;
-    let part = dir.join(format!("{}.safetensors.part", model.name));
-    varmap
-        .save(&part)
-        .map_err(|e| Error::Msg(format!("cannot write {}: {e}", part.display())))?;
-    std::fs::rename(&part, &converted).map_err(|e| Error::io("cannot rename", &part, e))?;
+    // Written aside, flushed, then renamed: a killed conversion leaves no torn file.
+    crate::fsio::write_atomic(&converted, |tmp| {
+        varmap
+            .save(tmp)
+            .map_err(|e| Error::Msg(format!("cannot write {}: {e}", tmp.display())))
+    })?;
     Ok(Located {
         path: converted,
         origin: format!("{origin}, converted to {}", dir.display()),

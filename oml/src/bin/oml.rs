@@ -32,8 +32,11 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Do not check that image files exist.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "decode")]
         no_files: bool,
+        /// Also open every image (in parallel) to find the ones that cannot be decoded.
+        #[arg(long)]
+        decode: bool,
     },
     /// Convert other layouts into OML CSVs.
     #[command(subcommand)]
@@ -89,6 +92,11 @@ enum Command {
         /// Overrides, `key.path=value` (YAML values).
         #[arg(long = "set")]
         set: Vec<String>,
+        /// Continue the run saved in DIR (default: the config's logs_dir) from its newest
+        /// complete checkpoint; budgets (max_epochs, max_steps, max_seconds) may be raised.
+        #[arg(long, value_name = "DIR", num_args = 0..=1)]
+        #[allow(clippy::option_option)]
+        resume: Option<Option<PathBuf>>,
     },
     /// Metrics of a config's model (or --weights) on its CSV's validation rows.
     Validate {
@@ -338,7 +346,8 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             strict,
             json,
             no_files,
-        } => check_data(&csv, dataset_root, strict, json, !no_files),
+            decode,
+        } => check_data(&csv, dataset_root, strict, json, !no_files, decode),
         Command::Convert(Convert::ImageFolder {
             root,
             out,
@@ -467,9 +476,14 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Train { config, set } => {
+        Command::Train {
+            config,
+            set,
+            resume,
+        } => {
             let cfg = oml::pipeline::JobConfig::from_file(&config, &set)?;
-            let r = oml::pipeline::train(&cfg)?;
+            let resume = resume.map(|d| d.unwrap_or_else(|| cfg.logs_dir()));
+            let r = oml::pipeline::train(&cfg, resume.as_deref())?;
             println!(
                 "{:?} after {} steps ({} epochs, {:.0} s); best {}: {}; outputs in {}",
                 r.ending,
@@ -538,10 +552,12 @@ fn check_data(
     strict: bool,
     json: bool,
     check_files: bool,
+    decode: bool,
 ) -> oml::Result<ExitCode> {
     let options = CheckOptions {
         dataset_root,
         check_files,
+        decode_images: decode,
         strict,
         require_labels: true,
     };

@@ -99,6 +99,9 @@ pub struct CheckOptions {
     pub dataset_root: Option<PathBuf>,
     /// Whether to check that every image file exists (it does not open them).
     pub check_files: bool,
+    /// Whether to open every existing image (in parallel) and report the ones that cannot be
+    /// decoded (`oml check-data --decode`); slower: every file is read.
+    pub decode_images: bool,
     /// Whether warnings count as errors.
     pub strict: bool,
     /// Whether `label` and `split` are required (false for prediction CSVs without labels).
@@ -110,6 +113,7 @@ impl Default for CheckOptions {
         CheckOptions {
             dataset_root: None,
             check_files: true,
+            decode_images: false,
             strict: false,
             require_labels: true,
         }
@@ -235,6 +239,27 @@ fn missing_files(paths: &[String], root: &Path) -> Vec<usize> {
         .filter(|(_, p)| !p.is_empty() && !resolve(Some(root), p).is_file())
         .map(|(i, _)| i)
         .collect()
+}
+
+/// Rows (among those not `missing`) whose image cannot be decoded, with the decoder's reason;
+/// every file is opened, in parallel.
+fn undecodable(paths: &[String], root: &Path, missing: &[usize]) -> Vec<(usize, String)> {
+    let skip: std::collections::HashSet<usize> = missing.iter().copied().collect();
+    let mut bad: Vec<(usize, String)> = paths
+        .par_iter()
+        .enumerate()
+        .filter(|(i, p)| !p.is_empty() && !skip.contains(i))
+        .filter_map(|(i, p)| {
+            super::images::load_rgb(&resolve(Some(root), p))
+                .err()
+                .map(|e| match e {
+                    crate::Error::Image { message, .. } => (i, message),
+                    other => (i, other.to_string()),
+                })
+        })
+        .collect();
+    bad.sort_by_key(|(i, _)| *i);
+    bad
 }
 
 /// The folder relative paths are read from: the one given, else the CSV's own folder.
@@ -523,8 +548,21 @@ pub fn check_table(raw: &RawTable, path: &Path, options: &CheckOptions) -> Check
                 ),
             }
         }
-        if options.check_files {
+        if options.check_files || options.decode_images {
             let missing = missing_files(&table.paths, &root);
+            if options.decode_images {
+                for (i, why) in undecodable(&table.paths, &root, &missing) {
+                    c.error(
+                        Some(line(i)),
+                        Some(PATHS_COLUMN),
+                        format!(
+                            "image file {} cannot be decoded: {why}; replace or remove it (or train \
+                             with on_bad_image: skip)",
+                            table.paths[i]
+                        ),
+                    );
+                }
+            }
             for i in missing {
                 c.error(
                     Some(line(i)),

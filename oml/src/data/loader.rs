@@ -5,6 +5,7 @@
 //! the same batches whatever the number of threads.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -50,6 +51,14 @@ pub struct Batch {
 
 type Cache = Mutex<HashMap<usize, Arc<RgbImage>>>;
 
+/// Items that stand in for unreadable ones: those of the same label.
+struct Substitutes {
+    label_of: Vec<usize>,
+    members: Vec<Vec<usize>>,
+    /// Unreadable items met so far, with the error (in the order met).
+    bad: Mutex<Vec<(usize, String)>>,
+}
+
 /// Turns lists of dataset indices (a sampler's batches) into image tensors. Cheap to clone.
 #[derive(Clone)]
 pub struct ImageLoader {
@@ -57,6 +66,7 @@ pub struct ImageLoader {
     transform: Arc<Transform>,
     config: LoaderConfig,
     cache: Arc<Cache>,
+    substitutes: Option<Arc<Substitutes>>,
 }
 
 impl ImageLoader {
@@ -73,7 +83,85 @@ impl ImageLoader {
             transform: Arc::new(transform),
             config,
             cache: Arc::new(Mutex::new(HashMap::new())),
+            substitutes: None,
         })
+    }
+
+    /// An item that cannot be read is replaced by the next readable item of the same label
+    /// (`labels[i]` is item `i`'s label), in a fixed order, so a run with unreadable images gives
+    /// the same batches whenever it is resumed. [`ImageLoader::unreadable`] lists what was
+    /// replaced. Without this, an unreadable item is an error naming the file.
+    pub fn skip_unreadable(mut self, labels: &[usize]) -> Result<Self> {
+        if labels.len() != self.source.len() {
+            return Err(Error::param(
+                "labels",
+                labels.len(),
+                format!("one label per item ({} items)", self.source.len()),
+            ));
+        }
+        let n = labels.iter().max().map_or(0, |m| m + 1);
+        let mut members = vec![Vec::new(); n];
+        for (i, &l) in labels.iter().enumerate() {
+            members[l].push(i);
+        }
+        self.substitutes = Some(Arc::new(Substitutes {
+            label_of: labels.to_vec(),
+            members,
+            bad: Mutex::new(Vec::new()),
+        }));
+        Ok(self)
+    }
+
+    /// The items found unreadable and replaced so far, with their files and errors, in the order
+    /// met (see [`ImageLoader::skip_unreadable`]).
+    pub fn unreadable(&self) -> Vec<(usize, PathBuf, String)> {
+        self.substitutes.as_ref().map_or_else(Vec::new, |s| {
+            s.bad
+                .lock()
+                .map(|b| {
+                    b.iter()
+                        .map(|(i, e)| (*i, self.source.image_path(*i), e.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    /// Item `i`'s image, or with substitutes the first readable one of its label from `i` on.
+    fn image_or_substitute(&self, i: usize) -> Result<Arc<RgbImage>> {
+        let Some(subs) = &self.substitutes else {
+            return self.image(i);
+        };
+        let known_bad = |j: usize| {
+            subs.bad
+                .lock()
+                .map(|b| b.iter().any(|(k, _)| *k == j))
+                .unwrap_or(false)
+        };
+        let group = &subs.members[subs.label_of[i]];
+        let start = group.iter().position(|&j| j == i).unwrap_or(0);
+        let mut first_error = None;
+        for k in 0..group.len() {
+            let j = group[(start + k) % group.len()];
+            if known_bad(j) {
+                continue;
+            }
+            match self.image(j) {
+                Ok(img) => return Ok(img),
+                Err(e) => {
+                    if let Ok(mut b) = subs.bad.lock()
+                        && !b.iter().any(|(x, _)| *x == j)
+                    {
+                        b.push((j, e.to_string()));
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(Error::Msg(format!(
+            "no readable image of item {i}'s label: every one failed ({})",
+            first_error.map_or_else(|| "all known unreadable".to_owned(), |e| e.to_string())
+        )))
     }
 
     /// A loader over a dataset (any [`ImageSource`], cloned: datasets are cheap to clone).
@@ -131,7 +219,7 @@ impl ImageLoader {
             .par_iter()
             .enumerate()
             .map(|(pos, &i)| {
-                let img = self.image(i)?;
+                let img = self.image_or_substitute(i)?;
                 let mut rng = ChaCha8Rng::seed_from_u64(item_seed(
                     self.config.seed,
                     epoch,

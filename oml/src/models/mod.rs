@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use clip::{ClipConfig, ClipVisual};
 pub use model::Model;
-pub use resnet::{ResNetConfig, ResNetExtractor};
+pub use resnet::{ResNetBlock, ResNetConfig, ResNetExtractor, ResNetHead};
 pub use vit::{ViTConfig, ViTExtractor};
 
 use crate::{Error, Result};

@@ -248,12 +248,11 @@ impl<'a> Engine<'a> {
     }
 
     fn save_weights(&self, path: &std::path::Path) -> Result<()> {
-        self.weights
-            .save(path)
-            .map_err(|e| Error::Msg(format!("cannot write {}: {e}", path.display())))
+        crate::fsio::save_safetensors_atomic(path, &copies(&self.weights)?)
     }
 
-    /// A checkpoint set of the current state in `dir`.
+    /// A complete checkpoint set of the current state in the run folder `dir` (see
+    /// [`super::checkpoint`]).
     fn checkpoint(&self, dir: &std::path::Path) -> Result<()> {
         let snapshot = self.job.model.snapshot();
         snapshot.set_state_dict(&copies(&self.weights)?)?;
@@ -263,7 +262,39 @@ impl<'a> Engine<'a> {
         run.moments = moments;
         run.param_steps = steps;
         run.loss_state = self.criterion.state()?;
-        super::save_state(dir, &snapshot, &run, self.cfg(), self.job.loss)
+        let identity = super::checkpoint::identity(
+            self.job.model,
+            self.job.train,
+            self.job.loss,
+            self.cfg(),
+            self.job.train_transform,
+        );
+        super::checkpoint::write(dir, &snapshot, &run, self.cfg(), self.job.loss, &identity)?;
+        Ok(())
+    }
+
+    /// Records the training images the loader found unreadable since the last call.
+    fn note_skipped(&mut self, loader: &ImageLoader) -> Result<()> {
+        let mut new: Vec<(usize, std::path::PathBuf, String)> = loader
+            .unreadable()
+            .into_iter()
+            .filter(|(_, p, _)| !self.run.skipped.iter().any(|s| &s.path == p))
+            .collect();
+        new.sort_by_key(|(i, _, _)| *i);
+        let step = self.run.step + 1;
+        for (_, path, error) in new {
+            println!(
+                "skipped an unreadable training image at step {step} (on_bad_image: skip): {error}"
+            );
+            self.record(Record::Skipped {
+                epoch: self.run.epoch,
+                step,
+                path: path.clone(),
+                error: error.clone(),
+            })?;
+            self.run.skipped.push(super::Skipped { path, error, step });
+        }
+        Ok(())
     }
 
     fn run(&mut self) -> Result<Outcome> {
@@ -272,12 +303,13 @@ impl<'a> Engine<'a> {
         if let Some(dir) = &cfg.logs_dir {
             std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
             if self.run.step == 0 && self.run.epoch == 0 && self.run.batch_in_epoch == 0 {
-                // A fresh run does not append to an old run's history.
+                // A fresh run does not append to an old run's history, nor keep its checkpoints.
                 let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+                super::checkpoint::clear(dir)?;
             }
             let text = serde_norway::to_string(cfg).map_err(|e| Error::Msg(e.to_string()))?;
-            std::fs::write(dir.join("fit_config.yaml"), text)
-                .map_err(|e| Error::io("cannot write", dir, e))?;
+            let path = dir.join("fit_config.yaml");
+            std::fs::write(&path, text).map_err(|e| Error::io("cannot write", &path, e))?;
         }
         let loader = ImageLoader::new(
             Arc::new(self.job.train.clone()),
@@ -288,6 +320,10 @@ impl<'a> Engine<'a> {
                 seed: cfg.seed,
             },
         )?;
+        let loader = match cfg.on_bad_image {
+            super::BadImagePolicy::Skip => loader.skip_unreadable(self.job.train.labels())?,
+            super::BadImagePolicy::Error => loader,
+        };
         let per_epoch = self.sampler.len();
         let total = per_epoch * cfg.max_epochs;
         let batch = cfg.sampler.batch_size();
@@ -323,7 +359,18 @@ impl<'a> Engine<'a> {
                 {
                     break 'run Ending::TimeBudget;
                 }
-                let b = b?;
+                let b = b.map_err(|e| {
+                    Error::Msg(format!(
+                        "{e} (training step {}, epoch {}): fix or remove the file (`oml \
+                         check-data --decode` finds every one), or set on_bad_image: skip to \
+                         train on without it",
+                        self.run.step + 1,
+                        self.run.epoch
+                    ))
+                })?;
+                if cfg.on_bad_image == super::BadImagePolicy::Skip {
+                    self.note_skipped(&loader)?;
+                }
                 let labels: Vec<i64> = b
                     .indices
                     .iter()
@@ -483,7 +530,14 @@ impl<'a> Engine<'a> {
                 if self.run.best.is_none_or(|(b, _)| b.is_nan() || value > b) {
                     self.run.best = Some((value, self.run.epoch - 1));
                     if let Some(dir) = &cfg.logs_dir {
-                        self.save_weights(&dir.join("best.safetensors"))?;
+                        let path = dir.join("best.safetensors");
+                        self.save_weights(&path).map_err(|e| {
+                            super::checkpoint::write_failed(
+                                dir,
+                                &format!("the best weights {}", path.display()),
+                                e,
+                            )
+                        })?;
                     }
                 }
             }
@@ -529,6 +583,17 @@ pub(crate) fn fit(job: &Job<'_>, run: &mut RunState) -> Result<FitReport> {
         seconds,
     } = outcome?;
     let history = History(live.history());
+    if !run.skipped.is_empty() {
+        println!(
+            "{} unreadable training image(s) skipped and replaced by others of their labels: {}",
+            run.skipped.len(),
+            run.skipped
+                .iter()
+                .map(|s| s.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if let Some(dir) = &job.cfg.logs_dir {
         super::plots::save_history_plots(&history.0, dir)?;
     }
@@ -540,6 +605,7 @@ pub(crate) fn fit(job: &Job<'_>, run: &mut RunState) -> Result<FitReport> {
         last_metrics,
         seconds,
         history,
+        skipped_images: run.skipped.clone(),
     })
 }
 

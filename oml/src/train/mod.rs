@@ -1,7 +1,8 @@
 //! Fine-tuning: a trainer that runs the same from a notebook cell, a background thread and the
 //! command line.
 //!
-//! [`Trainer::builder`] takes a [`Model`], the train set and a loss ([`CriterionConfig`]); the
+//! [`Trainer::builder`] takes a [`crate::Model`], the train set and a loss
+//! ([`crate::losses::CriterionConfig`]); the
 //! builder's settings are a [`FitConfig`] (sampler, optimiser, schedule, budgets, validation,
 //! checkpoints). [`Trainer::fit`] runs in the foreground, [`Trainer::spawn`] in a background thread
 //! and returns a [`Run`] (progress, history, stop, join). Both continue where the last run ended.
@@ -13,7 +14,29 @@
 //!
 //! Budgets (steps, seconds) and the stop handle end a run cleanly; a NaN or infinite loss stops it
 //! with the step named. State files make a resumed run end exactly where an uninterrupted one does.
+//!
+//! ## Checkpoints
+//! A run with a `logs_dir` writes a complete checkpoint set after every epoch and when it ends,
+//! crash-safe: each set is written into a temporary folder, flushed to the disk and switched to by
+//! a rename, and the set before it is kept until the new one is complete.
+//!
+//! ```text
+//! logs_dir/checkpoints/step-000000120/  last.safetensors (the model), optimizer.safetensors,
+//!                                       criterion.safetensors, criterion_state.safetensors (a
+//!                                       miner's bank), state.json (position, config, the size
+//!                                       and sha256 of every file of the set)
+//! logs_dir/checkpoints/step-000000090/  the set before
+//! logs_dir/checkpoints/LATEST           the newest set's name
+//! logs_dir/last.safetensors             the newest set's weights (a hard link)
+//! logs_dir/best.safetensors             the best validation's weights
+//! logs_dir/metrics.jsonl                the history
+//! ```
+//!
+//! [`Trainer::resume`] (or the builder's `.resume(dir)`, or `oml train --resume`) reads the newest
+//! set whose files agree with its `state.json`; one that does not is refused by name and the set
+//! before it is used. A failed write (a full disk) stops the run and leaves the sets intact.
 
+mod checkpoint;
 mod engine;
 pub mod optim;
 pub mod plots;
@@ -27,11 +50,10 @@ use serde::{Deserialize, Serialize};
 pub use optim::{GradScaler, Optimizer, OptimizerKind, ParamGroup, Schedule};
 pub use trainer::{Progress, Run, Trainer, TrainerBuilder};
 
-use crate::losses::CriterionConfig;
 use crate::metrics::MetricsConfig;
 use crate::notebook::{Figure, Report, Show, Table};
 use crate::samplers::SamplerConfig;
-use crate::{Error, Model, Result};
+use crate::{Error, Result};
 
 /// Settings of a run (everything but the model, the loss and the data). Every key has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +95,38 @@ pub struct FitConfig {
     /// Keep decoded training images in memory after the first epoch (fast for small datasets;
     /// memory grows with the dataset).
     pub cache_images: bool,
+    /// What a training image that cannot be read does to the run: `error` (the default) stops it
+    /// naming the file and the step; `skip` replaces it by another image of its label and reports
+    /// the skipped files (in the run's report and `metrics.jsonl`).
+    pub on_bad_image: BadImagePolicy,
+}
+
+/// What an unreadable training image does to a run (see [`FitConfig::on_bad_image`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadImagePolicy {
+    /// Stop the run with an error naming the file and the step.
+    #[default]
+    Error,
+    /// Use another image of the same label instead; count and report the skipped files.
+    Skip,
+}
+
+/// A training image that could not be read and was replaced (`on_bad_image: skip`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The image file.
+    pub path: PathBuf,
+    /// Why it could not be read.
+    pub error: String,
+    /// The step that met it first (1-based).
+    pub step: usize,
+}
+
+/// Whether `dir` holds a checkpoint a run can resume from: a run folder (a `logs_dir`) with a
+/// complete checkpoint set, or one set's folder.
+pub fn has_checkpoint(dir: &Path) -> bool {
+    checkpoint::exists(dir)
 }
 
 /// The metrics a run validates with unless told otherwise: cmc@1 and @5, precision@5, map@5.
@@ -124,6 +178,7 @@ impl Default for FitConfig {
             metrics: default_metrics(),
             logs_dir: None,
             cache_images: false,
+            on_bad_image: BadImagePolicy::Error,
         }
     }
 }
@@ -197,6 +252,28 @@ pub enum Record {
         /// Distances query -> nearest negative.
         neg_dist: Vec<f32>,
     },
+    /// A training image that could not be read, replaced by another of its label.
+    Skipped {
+        /// Epoch (0-based).
+        epoch: usize,
+        /// The step that met it (1-based).
+        step: usize,
+        /// The image file.
+        path: PathBuf,
+        /// Why it could not be read.
+        error: String,
+    },
+}
+
+impl Record {
+    /// The global step of the record.
+    pub fn step(&self) -> usize {
+        match self {
+            Record::Step { step, .. }
+            | Record::Validation { step, .. }
+            | Record::Skipped { step, .. } => *step,
+        }
+    }
 }
 
 /// A float that JSON wrote as `null` (serde_json's spelling of NaN and infinities) read as NaN.
@@ -318,6 +395,9 @@ pub struct FitReport {
     pub last_metrics: Option<BTreeMap<String, f64>>,
     /// Training seconds in this call.
     pub seconds: f64,
+    /// Training images skipped as unreadable over the whole run (`on_bad_image: skip`).
+    #[serde(default)]
+    pub skipped_images: Vec<Skipped>,
     /// The whole history of the run (not written to `report.json`: `metrics.jsonl` holds it).
     #[serde(skip)]
     pub history: History,
@@ -336,7 +416,15 @@ impl FitReport {
             self.best
                 .map(|(v, e)| format!("; best validation {v:.4} after epoch {e}"))
                 .unwrap_or_default()
-        )
+        ) + &if self.skipped_images.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} unreadable training image(s) skipped (first: {})",
+                self.skipped_images.len(),
+                self.skipped_images[0].path.display()
+            )
+        }
     }
 
     /// Shows the summary, the last metrics and the charts inline.
@@ -385,121 +473,14 @@ pub(crate) struct RunState {
     pub loss_state: crate::losses::LossState,
     /// The f16 loss scale.
     pub scaler: Option<GradScaler>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct State {
-    epoch: usize,
-    batch_in_epoch: usize,
-    step: usize,
-    best: Option<(f64, usize)>,
-    param_steps: HashMap<String, u64>,
-    /// The f16 loss scale (absent in f32 / bf16 runs and in older state files).
-    #[serde(default)]
-    grad_scaler: Option<GradScaler>,
-    /// The loss's state besides tensors (a miner's bank labels and position, counters, logs);
-    /// its tensors are in `criterion_state.safetensors`.
-    #[serde(default)]
-    criterion_state: serde_json::Value,
-    config: FitConfig,
-    /// The loss.
-    #[serde(default)]
-    loss: Option<CriterionConfig>,
-}
-
-/// Writes a checkpoint set into `dir`: `last.safetensors` (the model), `criterion.safetensors`,
-/// `optimizer.safetensors`, `criterion_state.safetensors` (a miner's memory bank, when it has one)
-/// and `state.json` (position, best, step counts, the loss's state, the config).
-pub(crate) fn save_state(
-    dir: &Path,
-    model: &Model,
-    run: &RunState,
-    cfg: &FitConfig,
-    loss: &CriterionConfig,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    model.save(dir.join("last.safetensors"))?;
-    let save = |tensors: &HashMap<String, candle_core::Tensor>, name: &str| -> Result<()> {
-        let path = dir.join(name);
-        candle_core::safetensors::save(tensors, &path)
-            .map_err(|e| Error::Msg(format!("cannot write {}: {e}", path.display())))
-    };
-    save(&run.criterion_params, "criterion.safetensors")?;
-    save(&run.moments, "optimizer.safetensors")?;
-    let bank_path = dir.join("criterion_state.safetensors");
-    if run.loss_state.tensors.is_empty() {
-        let _ = std::fs::remove_file(&bank_path);
-    } else {
-        save(&run.loss_state.tensors, "criterion_state.safetensors")?;
-    }
-    let state = State {
-        epoch: run.epoch,
-        batch_in_epoch: run.batch_in_epoch,
-        step: run.step,
-        best: run.best,
-        param_steps: run.param_steps.clone(),
-        grad_scaler: run.scaler,
-        criterion_state: run.loss_state.values.clone(),
-        config: cfg.clone(),
-        loss: Some(loss.clone()),
-    };
-    let text = serde_json::to_string_pretty(&state).map_err(|e| Error::Msg(e.to_string()))?;
-    std::fs::write(dir.join("state.json"), text)
-        .map_err(|e| Error::io("cannot write", dir.join("state.json"), e))
-}
-
-/// Reads what [`save_state`] wrote: the model's weights (by name), the run state, the history up
-/// to the saved step. Nothing is changed; the caller checks and applies.
-pub(crate) fn load_state(
-    dir: &Path,
-) -> Result<(HashMap<String, candle_core::Tensor>, RunState, Vec<Record>)> {
-    let state_path = dir.join("state.json");
-    let text = std::fs::read_to_string(&state_path)
-        .map_err(|e| Error::io("cannot read", &state_path, e))?;
-    let state: State = serde_json::from_str(&text).map_err(|e| Error::Format {
-        path: state_path.clone(),
-        message: format!("not a trainer state: {e}"),
-    })?;
-    let load = |name: &str| -> Result<HashMap<String, candle_core::Tensor>> {
-        let path = dir.join(name);
-        candle_core::safetensors::load(&path, &candle_core::Device::Cpu).map_err(|e| {
-            Error::Format {
-                path: path.clone(),
-                message: format!("cannot read the checkpoint: {e}"),
-            }
-        })
-    };
-    let weights = load("last.safetensors")?;
-    let criterion_params = load("criterion.safetensors")?;
-    let moments = load("optimizer.safetensors")?;
-    let bank_path = dir.join("criterion_state.safetensors");
-    let bank = if bank_path.is_file() {
-        load("criterion_state.safetensors")?
-    } else {
-        HashMap::new()
-    };
-    let history = read_history(&dir.join("metrics.jsonl"), state.step)?;
-    let run = RunState {
-        epoch: state.epoch,
-        batch_in_epoch: state.batch_in_epoch,
-        step: state.step,
-        best: state.best,
-        moments,
-        param_steps: state.param_steps,
-        criterion_params,
-        loss_state: crate::losses::LossState {
-            tensors: bank,
-            values: state.criterion_state,
-        },
-        scaler: state.grad_scaler,
-    };
-    Ok((weights, run, history))
+    /// Training images skipped as unreadable (`on_bad_image: skip`).
+    pub skipped: Vec<Skipped>,
 }
 
 /// The records of a history file (`metrics.jsonl`) up to `step`: those of later steps, which a
 /// resumed run repeats, are left out; so is an unreadable last line (a run killed while writing
 /// it). No file: no records.
-fn read_history(path: &Path, step: usize) -> Result<Vec<Record>> {
+pub(crate) fn read_history(path: &Path, step: usize) -> Result<Vec<Record>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -522,9 +503,7 @@ fn read_history(path: &Path, step: usize) -> Result<Vec<Record>> {
                 });
             }
         };
-        let at = match &r {
-            Record::Step { step, .. } | Record::Validation { step, .. } => *step,
-        };
+        let at = r.step();
         if at <= step {
             kept.push(r);
         }

@@ -173,6 +173,7 @@ pub fn history_plots(history: &[Record]) -> Result<Vec<(String, Vec<u8>)>> {
                 }
                 last_val = Some((pos_dist, neg_dist));
             }
+            Record::Skipped { .. } => {}
         }
     }
     // A running mean over 10 steps keeps the loss curve readable.

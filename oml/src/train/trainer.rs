@@ -247,6 +247,7 @@ impl Trainer {
             val: None,
             train_transform: None,
             cfg: FitConfig::default(),
+            resume: None,
         }
     }
 
@@ -380,42 +381,92 @@ impl Trainer {
         })
     }
 
-    /// Writes the state of the run into `dir` (`last.safetensors`, `optimizer.safetensors`,
-    /// `criterion*.safetensors`, `state.json`): [`Trainer::resume`] continues from it exactly.
+    /// Writes a complete checkpoint set of the run into the run folder `dir` (as a run with a
+    /// `logs_dir` does after each epoch; see the layout in [`crate::train`]'s docs):
+    /// [`Trainer::resume`] continues from it exactly. The set is written aside and switched to
+    /// by a rename, so an interrupted save leaves the previous set whole.
     pub fn save_state(&self, dir: &Path) -> Result<()> {
         let _claim = self.claim()?;
         let data = self.data();
-        super::save_state(
+        let cfg = self.config();
+        let identity = self.identity(&cfg, &data.train_transform);
+        super::checkpoint::write(
             dir,
             &self.inner.model,
             &data.run,
-            &self.config(),
+            &cfg,
             &self.inner.loss,
+            &identity,
+        )?;
+        Ok(())
+    }
+
+    fn identity(
+        &self,
+        cfg: &FitConfig,
+        train_transform: &Transform,
+    ) -> std::collections::BTreeMap<String, serde_json::Value> {
+        super::checkpoint::identity(
+            &self.inner.model,
+            &self.inner.train,
+            &self.inner.loss,
+            cfg,
+            train_transform,
         )
     }
 
-    /// Restores a state written by [`Trainer::save_state`] (or by a run with a `logs_dir`): the
-    /// weights, the loss's parameters and state, the optimiser's moments, the position in the run,
-    /// and the history up to that position from `metrics.jsonl` (records of later steps, which
-    /// the resumed run repeats, are dropped). Everything is read and checked against this trainer's
-    /// model and loss before anything changes.
+    /// Restores the newest complete checkpoint set under `dir` (a run's `logs_dir`, a folder
+    /// given to [`Trainer::save_state`], or one set's folder): the weights, the loss's parameters
+    /// and state, the optimiser's moments, the position in the run, and the history up to that
+    /// position from `metrics.jsonl` (records of later steps, which the resumed run repeats, are
+    /// dropped). A set whose files do not match what its `state.json` records is refused by name
+    /// and the previous complete set is used (the message says so).
+    ///
+    /// A checkpoint of a different run is refused with the differing keys listed: the model, the
+    /// data, the loss, the sampler, the optimiser and the schedule must be those of the saved run;
+    /// budgets (`max_epochs`, `max_steps`, `max_seconds`), logging, validation, the device and
+    /// `on_bad_image` may change. Everything is read and checked before anything changes.
     pub fn resume(&self, dir: &Path) -> Result<()> {
         let _claim = self.claim()?;
         let mut data = self.data();
-        let (weights, mut run, history) = super::load_state(dir)?;
+        let loaded = super::checkpoint::read(dir)?;
+        if let Some(w) = &loaded.warning {
+            println!("warning: {w}");
+        }
+        let cfg = self.config();
+        let differ = super::checkpoint::differences(
+            &loaded.identity,
+            &self.identity(&cfg, &data.train_transform),
+        );
+        if !differ.is_empty() {
+            return Err(Error::Msg(format!(
+                "{} is a checkpoint of a different run; these settings differ (saved -> now): {}. \
+                 Resume with the saved run's settings (only budgets, logging, validation, the \
+                 device and on_bad_image may change), or start a new run in another logs_dir",
+                loaded.dir.display(),
+                differ.join("; ")
+            )));
+        }
+        let super::checkpoint::Loaded {
+            weights,
+            mut run,
+            history,
+            dir: set,
+            ..
+        } = loaded;
         let model = &self.inner.model;
         // The weights: the model's names and shapes.
         let current = model.state_dict();
-        check_names(&dir.join("last.safetensors"), &current, &weights)?;
+        check_names(&set.join("last.safetensors"), &current, &weights)?;
         // The loss: its parameters and its state must fit a loss built as this trainer builds it.
         let ctx = CriterionContext {
             feat_dim: model.feat_dim()?,
             n_labels: self.inner.train.n_labels(),
-            seed: self.config().seed,
+            seed: cfg.seed,
         };
         let expected = engine::initial_criterion_params(&self.inner.loss, &ctx)?;
         check_names(
-            &dir.join("criterion.safetensors"),
+            &set.join("criterion.safetensors"),
             &expected,
             &run.criterion_params,
         )?;
@@ -431,7 +482,7 @@ impl Trainer {
             probe
                 .load_state(&run.loss_state)
                 .map_err(|e| Error::Format {
-                    path: dir.join("state.json"),
+                    path: set.join("state.json"),
                     message: e.to_string(),
                 })?;
         }
@@ -447,7 +498,7 @@ impl Trainer {
                 .map(|p| p.dims().to_vec());
             if shape.as_deref() != Some(t.dims()) {
                 return Err(Error::Format {
-                    path: dir.join("optimizer.safetensors"),
+                    path: set.join("optimizer.safetensors"),
                     message: format!("{k} does not fit a parameter of this model and loss"),
                 });
             }
@@ -459,21 +510,26 @@ impl Trainer {
         }
         model.set_state_dict(&weights)?;
         // The run's history file (in this run's logs_dir) holds exactly the kept records.
-        if let Some(logs) = &self.config().logs_dir {
-            std::fs::create_dir_all(logs).map_err(|e| Error::io("cannot create", logs, e))?;
+        if let Some(logs) = &cfg.logs_dir {
             let path = logs.join("metrics.jsonl");
             let mut out = String::new();
             for r in &history {
                 out += &serde_json::to_string(r).map_err(|e| Error::Msg(e.to_string()))?;
                 out.push('\n');
             }
-            std::fs::write(&path, out).map_err(|e| Error::io("cannot write", &path, e))?;
+            crate::fsio::write_bytes_atomic(&path, out.as_bytes())?;
         }
         {
             let mut p = lock(&self.inner.live.progress);
             p.step = run.step;
             p.epoch = run.epoch;
         }
+        println!(
+            "resumed from {} (step {}, epoch {})",
+            set.display(),
+            run.step,
+            run.epoch
+        );
         data.run = run;
         self.inner.live.set_history(history);
         Ok(())
@@ -627,6 +683,7 @@ pub struct TrainerBuilder {
     val: Option<ImageQueryGalleryLabeledDataset>,
     train_transform: Option<Transform>,
     cfg: FitConfig,
+    resume: Option<PathBuf>,
 }
 
 impl TrainerBuilder {
@@ -721,9 +778,22 @@ impl TrainerBuilder {
         self
     }
 
+    /// What an unreadable training image does: stop the run (the default) or skip it.
+    pub fn on_bad_image(mut self, policy: super::BadImagePolicy) -> Self {
+        self.cfg.on_bad_image = policy;
+        self
+    }
+
     /// A progress line every this many steps.
     pub fn log_every_steps(mut self, steps: usize) -> Self {
         self.cfg.log_every_steps = steps;
+        self
+    }
+
+    /// Continues the run saved in `dir` (a `logs_dir` or a [`Trainer::save_state`] folder): the
+    /// built trainer starts from its newest complete checkpoint ([`Trainer::resume`]).
+    pub fn resume(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.resume = Some(dir.into());
         self
     }
 
@@ -736,6 +806,7 @@ impl TrainerBuilder {
             val,
             train_transform,
             cfg,
+            resume,
         } = self;
         cfg.validate()?;
         loss.validate().map_err(|e| e.at("criterion"))?;
@@ -775,7 +846,7 @@ impl TrainerBuilder {
         train_transform
             .validate()
             .map_err(|e| e.at("transforms_train"))?;
-        Ok(Trainer {
+        let trainer = Trainer {
             inner: Arc::new(Inner {
                 model,
                 train,
@@ -789,7 +860,11 @@ impl TrainerBuilder {
                 live: Live::default(),
                 running: AtomicBool::new(false),
             }),
-        })
+        };
+        if let Some(dir) = resume {
+            trainer.resume(&dir)?;
+        }
+        Ok(trainer)
     }
 
     /// Builds the trainer and trains in the foreground ([`Trainer::fit`]).
