@@ -483,3 +483,62 @@ fn notebook_setup_configures_the_kernel_evcxr_and_cargo() {
     assert!(!out.status.success());
     assert!(stderr.contains("cargo install evcxr_jupyter"), "{stderr}");
 }
+
+/// `oml doctor` on the CPU (tiny networks): every family against the CPU reference in f32, bf16
+/// and f16, training steps that lower the loss, throughput lines; a CUDA device in a build without
+/// CUDA is a failed check with the reason, and the exit code says so.
+#[test]
+fn doctor_checks_the_cpu_and_explains_a_missing_gpu() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let json = dir.path().join("doctor.json");
+    let out = oml(&[
+        "doctor",
+        "--quick",
+        "--device",
+        "cpu",
+        "--json",
+        json.to_str().expect("utf8"),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for family in ["DINO ViT", "DINOv2 ViT reg", "ResNet", "CLIP"] {
+        for precision in ["f32", "bf16", "f16"] {
+            assert!(
+                stdout.contains(&format!(
+                    "{family} (tiny) embeddings, {precision} vs CPU f32"
+                )),
+                "{family} {precision}: {stdout}"
+            );
+        }
+    }
+    assert!(
+        stdout.contains("training, bf16") && stdout.contains("images/s"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse");
+    let checks = report["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 4 * 3 + 3 + 4, "{stdout}");
+    assert!(checks.iter().all(|c| c["status"] != "fail"), "{stdout}");
+    // The training checks: the loss went down in each precision.
+    for c in checks.iter().filter(|c| {
+        c["check"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("training"))
+    }) {
+        assert_eq!(c["status"], "pass", "{c}");
+    }
+    if !cfg!(feature = "cuda") {
+        assert!(
+            stdout.contains("this build has no CUDA support"),
+            "{stdout}"
+        );
+        let out = oml(&["doctor", "--quick", "--device", "cuda"]);
+        let (stdout, _) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.contains("FAILED") && stdout.contains("--features cuda"),
+            "{stdout}"
+        );
+    }
+}

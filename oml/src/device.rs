@@ -106,9 +106,53 @@ pub fn device(name: &str) -> Result<Device> {
             reason: "this build of oml has no CUDA support; rebuild with `--features cuda` (needs the CUDA toolkit) or use `cpu`".to_owned(),
         });
     }
-    Device::new_cuda(ordinal).map_err(|e| Error::Device {
+    open_cuda(name, ordinal)
+}
+
+/// Opens GPU `ordinal`, checking the driver and the index first (cudarc panics on some failures;
+/// a panic is turned into an error too).
+#[cfg(feature = "cuda")]
+fn open_cuda(name: &str, ordinal: usize) -> Result<Device> {
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+    let fail = |reason: String| Error::Device {
         device: name.to_owned(),
-        reason: format!("cannot open the GPU ({e}); check the NVIDIA driver and the index"),
+        reason,
+    };
+    let count = std::panic::catch_unwind(CudaContext::device_count)
+        .map_err(|_| {
+            fail("the NVIDIA driver could not be loaded; install it, or use `cpu`".into())
+        })?
+        .map_err(|e| {
+            fail(format!(
+                "the NVIDIA driver answers {e}; check it with nvidia-smi, or use `cpu`"
+            ))
+        })?;
+    let count = count.max(0) as usize;
+    if count == 0 {
+        return Err(fail(
+            "the driver reports no GPU on this machine; use `cpu`".into(),
+        ));
+    }
+    if ordinal >= count {
+        return Err(fail(format!(
+            "this machine has {count} GPU(s), cuda:0 to cuda:{}; choose one of them or `cpu`",
+            count - 1
+        )));
+    }
+    std::panic::catch_unwind(|| Device::new_cuda(ordinal))
+        .map_err(|_| fail("opening the GPU panicked in the CUDA libraries; use `cpu`".into()))?
+        .map_err(|e| {
+            fail(format!(
+                "cannot open the GPU ({e}); check the NVIDIA driver"
+            ))
+        })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(name: &str, _ordinal: usize) -> Result<Device> {
+    Err(Error::Device {
+        device: name.to_owned(),
+        reason: "this build of oml has no CUDA support".to_owned(),
     })
 }
 

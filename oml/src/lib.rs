@@ -33,6 +33,7 @@
 pub mod data;
 pub mod demo;
 pub mod device;
+pub mod doctor;
 pub mod embed;
 pub mod error;
 mod fsio;

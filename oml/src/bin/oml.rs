@@ -81,6 +81,19 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Check this build and machine: features, devices, every backbone family against the CPU,
+    /// training steps in f32 / bf16 / f16, throughput. Exits 1 when a check fails.
+    Doctor {
+        /// Devices to check (`cpu`, `cuda`, `cuda:i`; repeatable); default: the CPU and every GPU.
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// Tiny networks at 32 px instead of the real archs at 224 px (seconds on a CPU).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Notebooks: set up the evcxr Jupyter kernel for oml's notebooks.
     #[command(subcommand)]
     Notebook(Notebook),
@@ -475,6 +488,25 @@ fn run(command: Command) -> oml::Result<ExitCode> {
                 ),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor {
+            devices,
+            quick,
+            json,
+        } => {
+            let report = oml::doctor::run(&oml::doctor::DoctorOptions { devices, quick })?;
+            print!("{}", report.text());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| oml::Error::Msg(format!("cannot write JSON: {e}")))?;
+                std::fs::write(&path, text)
+                    .map_err(|e| oml::Error::io("cannot write", &path, e))?;
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Train {
             config,
