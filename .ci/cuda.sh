@@ -46,13 +46,18 @@ if [ "${1:-}" = link ]; then
   grep -o 'pub unsafe fn cu[A-Za-z0-9_]*' "$sys" | sed 's/pub unsafe fn //' | sort -u |
     sed 's/.*/int &(void) { return 34; }/' > "$link/cuda_stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/cuda_stub.c"
+  # (With LD_LIBRARY_PATH=$link and this libcuda.so.1 link, the binary also runs here: every
+  # GPU call answers "no driver", which is how the CPU fallback was tested.)
+  ln -sf libcuda.so "$link/libcuda.so.1"
   # Its own target folder: these flags would otherwise rebuild the main one.
   CARGO_TARGET_DIR="${CUDA_TARGET_DIR:-$HOME/.cache/oml-target-cuda}" \
     RUSTFLAGS="-L native=$link -C strip=debuginfo" \
     cargo build --features cuda --bin oml
   mkdir -p "$out"
   cp "${CUDA_TARGET_DIR:-$HOME/.cache/oml-target-cuda}/debug/oml" "$out/oml"
-  echo "linked: $out/oml ($(du -h "$out/oml" | cut -f1)); it needs:"
+  strip --strip-all "$out/oml"
+  gzip -9 -c "$out/oml" > "$out/oml.gz"
+  echo "linked: $out/oml ($(du -h "$out/oml" | cut -f1); $out/oml.gz $(du -h "$out/oml.gz" | cut -f1) to send); it needs:"
   readelf -d "$out/oml" | grep NEEDED | sed 's/.*\[\(.*\)\]/  \1/'
   exit 0
 fi

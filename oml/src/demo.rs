@@ -49,6 +49,16 @@ pub struct DemoConfig {
     pub lr: Option<f64>,
     /// Input side (default: the path's recipe).
     pub image_size: Option<u32>,
+    /// Device of the backbone (`cpu`, `cuda`, `cuda:i`).
+    #[serde(default = "cpu_name")]
+    pub device: String,
+    /// Precision of the backbone's training and embeddings.
+    #[serde(default)]
+    pub precision: crate::Precision,
+}
+
+fn cpu_name() -> String {
+    "cpu".to_owned()
 }
 
 impl Default for DemoConfig {
@@ -62,6 +72,8 @@ impl Default for DemoConfig {
             seed: 0,
             lr: None,
             image_size: None,
+            device: cpu_name(),
+            precision: crate::Precision::F32,
         }
     }
 }
@@ -277,7 +289,11 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
     println!("3/5 the backbone");
     let r = recipe(cfg)?;
     println!("   {}; {}", r.name, r.path);
-    let model = r.model.with_batch_size(64)?;
+    let model = r
+        .model
+        .with_batch_size(64)?
+        .with_device(&cfg.device)?
+        .with_precision(cfg.precision);
     let rr_before = RetrievalResults::from_embeddings(&model.embed(&val)?, &val, 5)?;
     let m_before = rr_before.metrics()?;
     println!("   before fine-tuning: CMC@1 {:.3}", m_before.cmc(1));

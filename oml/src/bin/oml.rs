@@ -80,6 +80,12 @@ enum Command {
         /// Seed of the dataset, the initialisation and the sampler.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Device of the backbone: cpu, cuda, cuda:i.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Precision of training and embedding: f32, bf16 (mixed), f16 (mixed).
+        #[arg(long, default_value = "f32", value_parser = parse_precision)]
+        precision: oml::Precision,
     },
     /// Check this build and machine: features, devices, every backbone family against the CPU,
     /// training steps in f32 / bf16 / f16, throughput. Exits 1 when a check fails.
@@ -338,6 +344,10 @@ enum Datasets {
     },
 }
 
+fn parse_precision(s: &str) -> Result<oml::Precision, String> {
+    oml::Precision::parse(s).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A short-lived process that mostly trains or embeds: reuse freed tensor memory.
@@ -430,6 +440,8 @@ fn run(command: Command) -> oml::Result<ExitCode> {
             image_size,
             lr,
             seed,
+            device,
+            precision,
         } => {
             let cfg = oml::demo::DemoConfig {
                 out,
@@ -440,6 +452,8 @@ fn run(command: Command) -> oml::Result<ExitCode> {
                 seed,
                 lr,
                 image_size,
+                device,
+                precision,
             };
             let r = oml::demo::run(&cfg)?;
             println!();

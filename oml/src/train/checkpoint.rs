@@ -424,8 +424,9 @@ pub(crate) fn clear(root: &Path) -> Result<()> {
 /// older flat `state.json`), checking its files. When the newest set does not check out, the one
 /// before it is read and [`Loaded::warning`] says why.
 pub(crate) fn read(dir: &Path) -> Result<Loaded> {
-    // A set folder (or an older flat layout) given directly.
-    if dir.join(STATE).is_file() {
+    // A set folder (or an older flat layout) given directly; a run folder's sets come first (an
+    // older flat state.json beside them is from before them).
+    if dir.join(STATE).is_file() && latest(dir).is_none() {
         let root = match dir.parent() {
             Some(p) if p.file_name().is_some_and(|n| n == CHECKPOINTS) => {
                 p.parent().unwrap_or(dir).to_path_buf()
