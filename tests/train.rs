@@ -725,3 +725,28 @@ fn an_unreadable_training_image_stops_the_run_or_is_skipped_by_policy() {
     assert!(r.skipped_images.len() >= n && r.skipped_images.len() <= bad.len());
     assert_eq!(r.skipped_images[..n], first[..]);
 }
+
+/// `checkpoint_every_seconds`: sets after epochs only that often, and always one at the end.
+#[test]
+fn checkpoints_can_be_spaced_in_time_and_the_end_always_writes_one() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let dir = data.path().join("run");
+    let t = trainer(&table, Some(dir.clone()), 1e-3, 3);
+    let mut cfg = t.config();
+    cfg.checkpoint_every_seconds = 1e6;
+    let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
+    let t = Trainer::builder(t.model(), &train, t.loss().clone())
+        .config(cfg)
+        .train_transform(Transform::preset("augs_torch", 32).expect("t"))
+        .build()
+        .expect("trainer");
+    let r = t.fit().expect("fit");
+    assert_eq!(set_steps(&dir), vec![r.steps], "one set, at the end");
+    let bad = FitConfig {
+        checkpoint_every_seconds: f64::NAN,
+        ..FitConfig::default()
+    };
+    let e = bad.validate().expect_err("NaN").to_string();
+    assert!(e.contains("checkpoint_every_seconds"), "{e}");
+}

@@ -324,6 +324,8 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
         log_every_steps: 50,
         logs_dir: Some(cfg.out.join("run")),
         cache_images: true,
+        // Epochs of a few seconds: a checkpoint set a minute is enough.
+        checkpoint_every_seconds: 60.0,
         ..FitConfig::default()
     };
     let report = Trainer::builder(model.clone(), &train, r.loss.clone())

@@ -143,6 +143,7 @@ pub(crate) fn identity(
             "logs_dir",
             "cache_images",
             "on_bad_image",
+            "checkpoint_every_seconds",
         ] {
             map.remove(free);
         }

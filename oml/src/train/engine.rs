@@ -334,6 +334,9 @@ impl<'a> Engine<'a> {
         let mut last_metrics = None;
         let live = self.job.live;
         live.started(self.run.step, goal, cfg.max_seconds);
+        // The last checkpoint set written by this fit (a resumed run starts from one).
+        let mut last_set = Instant::now();
+        let mut set_at = (self.run.step > 0).then_some(self.run.step);
         let ending = 'run: loop {
             if self.run.epoch >= cfg.max_epochs {
                 break 'run Ending::Completed;
@@ -541,12 +544,17 @@ impl<'a> Engine<'a> {
                     }
                 }
             }
-            if let Some(dir) = &cfg.logs_dir {
+            if let Some(dir) = &cfg.logs_dir
+                && last_set.elapsed().as_secs_f64() >= cfg.checkpoint_every_seconds
+            {
                 self.checkpoint(dir)?;
+                last_set = Instant::now();
+                set_at = Some(self.run.step);
             }
         };
-        if ending != Ending::Completed
-            && let Some(dir) = &cfg.logs_dir
+        // The end of a run always leaves a set of where it ended.
+        if let Some(dir) = &cfg.logs_dir
+            && set_at != Some(self.run.step)
         {
             self.checkpoint(dir)?;
         }

@@ -99,6 +99,10 @@ pub struct FitConfig {
     /// naming the file and the step; `skip` replaces it by another image of its label and reports
     /// the skipped files (in the run's report and `metrics.jsonl`).
     pub on_bad_image: BadImagePolicy,
+    /// With a `logs_dir`: write a checkpoint set after an epoch only when at least this many
+    /// seconds have passed since the last one (0: after every epoch). The end of a run always
+    /// writes one. For runs of many short epochs, where each set would cost more than it saves.
+    pub checkpoint_every_seconds: f64,
 }
 
 /// What an unreadable training image does to a run (see [`FitConfig::on_bad_image`]).
@@ -179,6 +183,7 @@ impl Default for FitConfig {
             logs_dir: None,
             cache_images: false,
             on_bad_image: BadImagePolicy::Error,
+            checkpoint_every_seconds: 0.0,
         }
     }
 }
@@ -207,6 +212,12 @@ impl FitConfig {
             return Err(Error::config(
                 "clip_grad_norm",
                 format!("{c}: a positive norm"),
+            ));
+        }
+        if !(self.checkpoint_every_seconds.is_finite() && self.checkpoint_every_seconds >= 0.0) {
+            return Err(Error::config(
+                "checkpoint_every_seconds",
+                "a finite number of seconds >= 0",
             ));
         }
         if !(self.backbone_lr_scale.is_finite() && self.backbone_lr_scale >= 0.0) {
