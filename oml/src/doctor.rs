@@ -77,6 +77,17 @@ pub enum Status {
     Info,
 }
 
+impl Status {
+    /// `ok`, `FAILED` or `-`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "ok",
+            Status::Fail => "FAILED",
+            Status::Info => "-",
+        }
+    }
+}
+
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -156,11 +167,7 @@ impl DoctorReport {
             "device", "check", "result"
         );
         for c in &self.checks {
-            let s = match c.status {
-                Status::Pass => "ok",
-                Status::Fail => "FAILED",
-                Status::Info => "-",
-            };
+            let s = c.status.label();
             out += &format!("{:w0$}  {:w1$}  {s:6}  {}\n", c.device, c.check, c.figure);
         }
         for n in &self.notes {
@@ -184,11 +191,7 @@ impl Show for DoctorReport {
     fn html(&self) -> Result<String> {
         let mut t = Table::new(&["device", "check", "result", "figure"]);
         for c in &self.checks {
-            let s = match c.status {
-                Status::Pass => "ok",
-                Status::Fail => "FAILED",
-                Status::Info => "-",
-            };
+            let s = c.status.label();
             t = t.row(&[
                 c.device.clone(),
                 c.check.clone(),
@@ -735,13 +738,7 @@ fn time_steps(
         e.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         Ok(())
     };
-    run_forward()?;
-    let t = Instant::now();
-    for _ in 0..iters {
-        run_forward()?;
-    }
-    device.synchronize()?;
-    let fwd = t.elapsed().as_secs_f64() / iters as f64;
+    let fwd = seconds_per_call(device, iters, run_forward)?;
     drop(net);
     let (net, _vars) = model.trainable(device)?;
     let dtype = model.precision().dtype();
@@ -754,11 +751,16 @@ fn time_steps(
         loss.to_scalar::<f32>()?;
         Ok(())
     };
-    run_train()?;
+    Ok((fwd, seconds_per_call(device, iters, run_train)?))
+}
+
+/// Seconds per call of `f` over `iters` calls after one warm-up call, the device synchronised.
+fn seconds_per_call(device: &Device, iters: usize, f: impl Fn() -> Result<()>) -> Result<f64> {
+    f()?;
     let t = Instant::now();
     for _ in 0..iters {
-        run_train()?;
+        f()?;
     }
     device.synchronize()?;
-    Ok((fwd, t.elapsed().as_secs_f64() / iters as f64))
+    Ok(t.elapsed().as_secs_f64() / iters.max(1) as f64)
 }
