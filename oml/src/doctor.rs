@@ -567,18 +567,14 @@ fn fixed_batch_dataset(dir: &Path, side: u32) -> Result<ImageLabeledDataset> {
 }
 
 fn training_checks(device: &str, train: &ImageLabeledDataset, quick: bool) -> Result<Vec<Check>> {
-    let (spec, side) = if quick {
-        (families(true)?.swap_remove(0).1, 32)
-    } else {
-        (ModelSpec::new("vits16"), 224)
-    };
+    let (spec, side) = probe_vit(quick)?;
     let steps = 6;
     let mut out = Vec::new();
     for precision in [Precision::F32, Precision::Bf16, Precision::F16] {
         let model = checked_model(&spec, 5)?
             .with_device(device)?
             .with_precision(precision)
-            .with_transform(Transform::preset("norm_resize_torch", side)?);
+            .with_transform(Transform::preset("norm_resize_torch", side as u32)?);
         let cfg = FitConfig {
             max_epochs: steps,
             sampler: crate::samplers::SamplerConfig::balance(4, 2),
@@ -591,7 +587,7 @@ fn training_checks(device: &str, train: &ImageLabeledDataset, quick: bool) -> Re
         };
         let fit = Trainer::builder(model, train, Loss::arcface_with(0.5, 16.0))
             .config(cfg)
-            .train_transform(Transform::preset("norm_resize_torch", side)?)
+            .train_transform(Transform::preset("norm_resize_torch", side as u32)?)
             .fit();
         let (status, figure) = match fit {
             Ok(r) => {
@@ -618,6 +614,16 @@ fn training_checks(device: &str, train: &ImageLabeledDataset, quick: bool) -> Re
         });
     }
     Ok(out)
+}
+
+/// The ViT that the training and throughput checks use: ViT-S/16 at 224 px, or the tiny DINO at
+/// 32 px.
+fn probe_vit(quick: bool) -> Result<(ModelSpec, usize)> {
+    Ok(if quick {
+        (families(true)?.swap_remove(0).1, 32)
+    } else {
+        (ModelSpec::new("vits16"), 224)
+    })
 }
 
 /// Peak FLOP/s of known GPUs by name: (f32 without tensor cores, bf16/f16 dense tensor cores).
@@ -653,11 +659,7 @@ fn throughput(
     description: &str,
     quick: bool,
 ) -> Result<Vec<Check>> {
-    let (spec, side) = if quick {
-        (families(true)?.swap_remove(0).1, 32usize)
-    } else {
-        (ModelSpec::new("vits16"), 224usize)
-    };
+    let (spec, side) = probe_vit(quick)?;
     let cfg = match &spec.network {
         Some(NetworkConfig::Vit(c)) => c.clone(),
         _ => ViTConfig::from_arch(&spec.arch)?,

@@ -491,7 +491,7 @@ pub fn locate(model: &ZooModel, hub: &Hub) -> Result<Located> {
         },
     };
     if let Some(want) = &model.sha256 {
-        let got = sha256_of(&path)?;
+        let got = crate::fsio::sha256_of(&path)?;
         if !got.eq_ignore_ascii_case(want) {
             return Err(Error::Format {
                 path,
@@ -507,14 +507,6 @@ pub fn locate(model: &ZooModel, hub: &Hub) -> Result<Located> {
         path,
         origin: format!("downloaded from {}", hub.endpoint),
     })
-}
-
-fn sha256_of(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io("read", path, e))?;
-    Ok(format!("{:x}", hasher.finalize()))
 }
 
 fn md5_of(path: &Path) -> Result<String> {
