@@ -128,6 +128,8 @@ pub fn cargo_config() -> String {
          # the crates they use are optimised (candle's matrix products are ~50x slower at opt-level 0),\n\
          # polars is not (slow to compile; notebooks only read small CSVs with it).\n\
          [profile.dev]\ndebug = 0\n\n\
+         # USearch (the gallery index) is C++ built by the `cc` crate: NDEBUG drops its debug checks.\n\
+         [env]\nCXXFLAGS = \"-DNDEBUG\"\n\n\
          [profile.dev.package.\"*\"]\nopt-level = 3\ndebug = false\ndebug-assertions = false\noverflow-checks = false\n",
     );
     for p in [

@@ -56,7 +56,7 @@ pub use device::{Precision, device};
 pub use error::{Error, Result};
 pub use models::Model;
 pub use notebook::{Figure, Report, Table};
-pub use retrieval::RetrievalResults;
+pub use retrieval::{GalleryIndex, RetrievalResults};
 pub use train::Trainer;
 
 /// A loss by OML's names, as the trainer takes it: `Loss::triplet_hard(0.1)`, `Loss::arcface()`.
@@ -71,7 +71,9 @@ pub mod prelude {
         ImageQueryGalleryLabeledDataset, ImageSource, LoaderConfig, SampleTable, Transform,
     };
     pub use crate::metrics::{Metrics, MetricsConfig, compute_metrics, evaluate};
-    pub use crate::retrieval::{Distance, QueryGalleryInfo, RetrievalResults, SearchConfig};
+    pub use crate::retrieval::{
+        Distance, GalleryIndex, IndexConfig, QueryGalleryInfo, RetrievalResults, SearchConfig,
+    };
     pub use crate::samplers::SamplerConfig;
     pub use crate::samplers::{
         BalanceSampler, BatchSampler, CategoryBalanceSampler, DistinctCategoryBalanceSampler,

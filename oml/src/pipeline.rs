@@ -609,6 +609,9 @@ pub struct EvaluateJob {
     pub grid: Option<PathBuf>,
     /// Queries in the grid.
     pub grid_queries: usize,
+    /// Search this saved index (`oml index build`) instead of the CSV's gallery rows: the
+    /// embeddings give the queries, the index the gallery (approximate for an `hnsw` index).
+    pub index: Option<PathBuf>,
 }
 
 impl EvaluateJob {
@@ -630,6 +633,7 @@ impl EvaluateJob {
             retrieved: None,
             grid: None,
             grid_queries: 8,
+            index: None,
         }
     }
 }
@@ -642,6 +646,9 @@ pub fn evaluate(job: &EvaluateJob) -> Result<Metrics> {
         ..CheckOptions::default()
     };
     let table = Arc::new(SampleTable::from_csv(&job.data, &options)?);
+    if let Some(dir) = &job.index {
+        return evaluate_with_index(job, &table, dir);
+    }
     let mut embeddings = crate::retrieval::read_embeddings(&job.embeddings)?;
     // `oml embed` writes every row of the CSV: keep the validation ones.
     let validation = table.rows_of(Split::Validation);
@@ -719,4 +726,285 @@ pub fn embed(job: &EmbedJob) -> Result<(usize, usize)> {
     };
     crate::embed::write_embeddings(&job.out, &e, &table.paths, table.labels.as_deref())?;
     Ok(e.dims2()?)
+}
+
+// --- gallery indexes ---
+
+/// `oml evaluate --index`: queries from the embeddings, gallery from the index.
+fn evaluate_with_index(job: &EvaluateJob, table: &Arc<SampleTable>, dir: &Path) -> Result<Metrics> {
+    if !job.metrics.fmr_vals.is_empty() {
+        return Err(Error::Msg(
+            "fnmr@fmr needs the distance of every query-gallery pair: evaluate without --index"
+                .into(),
+        ));
+    }
+    let index = crate::retrieval::GalleryIndex::load(dir)?;
+    let embeddings = crate::retrieval::read_embeddings(&job.embeddings)?;
+    let (rows, info) = crate::retrieval::QueryItems::queries_of(table);
+    let queries = rows_of_csv(&embeddings, table, &rows, &job.embeddings)?;
+    let metrics_cfg = MetricsConfig {
+        pcf_variance: Vec::new(),
+        ..job.metrics.clone()
+    };
+    let top_n = job.search.top_n.max(metrics_cfg.max_k());
+    let rr = index.search_items(&queries, &info, top_n)?;
+    let metrics = crate::metrics::compute_metrics(&rr, &metrics_cfg)?;
+    if let Some(out) = &job.out {
+        write_json(out, &metrics.to_json())?;
+    }
+    let query_paths: Vec<PathBuf> = rows.iter().map(|&r| table.resolved_path(r)).collect();
+    if let Some(path) = &job.retrieved {
+        let mut names: Vec<String> = rows.iter().map(|&r| table.paths[r].clone()).collect();
+        let nq = names.len();
+        let item_names: Vec<String> = match &index.items().paths {
+            Some(p) => p.clone(),
+            None => index.items().ids.iter().map(|i| format!("#{i}")).collect(),
+        };
+        names.extend(item_names);
+        let rr = rr.with_item_ids(
+            (0..nq).collect(),
+            (0..index.len()).map(|g| nq + g).collect(),
+        )?;
+        write_json(path, &rr.to_json(Some(&names), 10))?;
+    }
+    if let Some(path) = &job.grid {
+        crate::retrieval::index::grid_of(&rr, &query_paths, index.items())?
+            .worst(job.grid_queries)
+            .results(job.search.top_n.min(8))
+            .gt(3)
+            .save_png(path)?;
+    }
+    Ok(metrics)
+}
+
+/// The embeddings of CSV rows `rows`, from a matrix with one row per CSV row (as `oml embed`
+/// writes), one per validation row, or exactly one per wanted row.
+fn rows_of_csv(e: &Tensor, table: &SampleTable, rows: &[usize], file: &Path) -> Result<Tensor> {
+    let n = e.dim(0)?;
+    let validation = table.rows_of(Split::Validation);
+    let picks: Vec<u32> = if n == table.len() {
+        rows.iter().map(|&r| r as u32).collect()
+    } else if n == validation.len() {
+        let at: std::collections::HashMap<usize, usize> = validation
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| (r, i))
+            .collect();
+        rows.iter()
+            .map(|r| at.get(r).map(|&i| i as u32))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| Error::Msg("internal: a wanted row is not a validation row".into()))?
+    } else if n == rows.len() {
+        return Ok(e.clone());
+    } else {
+        return Err(Error::Format {
+            path: file.to_path_buf(),
+            message: format!(
+                "{n} embeddings, but the CSV has {} rows, {} validation rows and {} wanted ones; \
+                 give one row per CSV row (as `oml embed` writes)",
+                table.len(),
+                validation.len(),
+                rows.len()
+            ),
+        });
+    };
+    let ids = Tensor::new(picks.as_slice(), e.device())?;
+    Ok(e.index_select(&ids, 0)?)
+}
+
+/// Where a model named on the command line comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// `--model NAME`.
+    Zoo(String),
+    /// `--arch A --weights W`.
+    File {
+        /// The arch.
+        arch: String,
+        /// The weights file.
+        weights: PathBuf,
+    },
+}
+
+/// A model named on the command line, with the image side it embeds at.
+#[derive(Debug, Clone)]
+pub struct ModelRef {
+    /// A zoo name, or an arch with a weights file.
+    pub source: ModelSource,
+    /// Image side (default: the model's transform's).
+    pub image_size: Option<u32>,
+}
+
+impl ModelRef {
+    /// Loads the model.
+    pub fn load(&self) -> Result<Model> {
+        let model = match &self.source {
+            ModelSource::Zoo(name) => Model::from_pretrained(name)?,
+            ModelSource::File { arch, weights } => Model::from_file(arch, weights)?,
+        };
+        match self.image_size {
+            Some(side) => model.with_image_size(side),
+            None => Ok(model),
+        }
+    }
+
+    /// The model and the index's record of it.
+    pub fn record(&self) -> Result<(Model, crate::retrieval::IndexModel)> {
+        let model = self.load()?;
+        let rec = match &self.source {
+            ModelSource::Zoo(name) => crate::retrieval::IndexModel::of(&model, Some(name), None)?,
+            ModelSource::File { weights, .. } => {
+                let weights = std::fs::canonicalize(weights).unwrap_or_else(|_| weights.clone());
+                crate::retrieval::IndexModel::of(&model, None, Some(&weights))?
+            }
+        };
+        Ok((model, rec))
+    }
+}
+
+/// `oml index build`.
+#[derive(Debug, Clone)]
+pub struct IndexBuildJob {
+    /// `.npy` or `.parquet` embeddings.
+    pub embeddings: PathBuf,
+    /// The CSV whose gallery rows the embeddings are (`None`: every row, ids `0..N`).
+    pub data: Option<PathBuf>,
+    /// Folder that relative image paths are relative to.
+    pub dataset_root: Option<PathBuf>,
+    /// The index folder.
+    pub out: PathBuf,
+    /// Kind, metric, storage.
+    pub config: crate::retrieval::IndexConfig,
+    /// The model the embeddings came from (recorded for `oml search`).
+    pub model: Option<ModelRef>,
+}
+
+/// The embeddings and items a CSV (or none) gives.
+fn gallery_input(
+    embeddings: &Path,
+    data: Option<&Path>,
+    dataset_root: Option<&PathBuf>,
+) -> Result<(Tensor, crate::retrieval::GalleryItems)> {
+    let e = crate::retrieval::read_embeddings(embeddings)?;
+    match data {
+        None => {
+            let n = e.dim(0)?;
+            Ok((e, crate::retrieval::GalleryItems::range(n)))
+        }
+        Some(csv) => {
+            let options = CheckOptions {
+                dataset_root: dataset_root.cloned(),
+                require_labels: false,
+                check_files: false,
+                ..CheckOptions::default()
+            };
+            let table = SampleTable::from_csv(csv, &options)?;
+            let items = crate::retrieval::GalleryItems::gallery_of(&table);
+            let rows = rows_of_csv(&e, &table, &items.ids, embeddings)?;
+            Ok((rows, items))
+        }
+    }
+}
+
+/// `oml index build`: builds and saves the index.
+pub fn index_build(job: &IndexBuildJob) -> Result<crate::retrieval::GalleryIndex> {
+    let (e, items) = gallery_input(
+        &job.embeddings,
+        job.data.as_deref(),
+        job.dataset_root.as_ref(),
+    )?;
+    let record = match &job.model {
+        Some(m) => {
+            let (model, rec) = m.record()?;
+            let dim = model.feat_dim()?;
+            if dim != e.dim(1)? {
+                return Err(Error::Msg(format!(
+                    "{} gives {dim}-d embeddings, {} holds {}-d ones: these embeddings are not \
+                     that model's",
+                    model.arch(),
+                    job.embeddings.display(),
+                    e.dim(1)?
+                )));
+            }
+            Some(rec)
+        }
+        None => None,
+    };
+    let mut index = crate::retrieval::GalleryIndex::build(&e, items, job.config.clone())
+        .map_err(|err| Error::Msg(format!("{}: {err}", job.embeddings.display())))?;
+    if let Some(rec) = record {
+        index = index.with_model(rec);
+    }
+    index.save(&job.out)?;
+    Ok(index)
+}
+
+/// `oml index add`: the embeddings (with the CSV's gallery rows as metadata, when given) join the
+/// index under new ids, after its largest one. Returns the index and the first new id.
+pub fn index_add(
+    dir: &Path,
+    embeddings: &Path,
+    data: Option<&Path>,
+    dataset_root: Option<&PathBuf>,
+) -> Result<(crate::retrieval::GalleryIndex, usize)> {
+    let mut index = crate::retrieval::GalleryIndex::load(dir)?;
+    let (e, mut items) = gallery_input(embeddings, data, dataset_root)?;
+    let first = index.items().ids.iter().max().map_or(0, |m| m + 1);
+    items.ids = (first..first + items.len()).collect();
+    index
+        .add(&e, items)
+        .map_err(|err| Error::Msg(format!("{}: {err}", embeddings.display())))?;
+    index.save(dir)?;
+    Ok((index, first))
+}
+
+/// `oml index query`: the `top_n` items of every row of `embeddings`, written to `out` (JSON, or
+/// Parquet with one row per hit).
+pub fn index_query(
+    dir: &Path,
+    embeddings: &Path,
+    top_n: usize,
+    out: &Path,
+) -> Result<RetrievalResults> {
+    let index = crate::retrieval::GalleryIndex::load(dir)?;
+    let q = crate::retrieval::read_embeddings(embeddings)?;
+    let rr = index
+        .search(&q, top_n)
+        .map_err(|err| Error::Msg(format!("{}: {err}", embeddings.display())))?;
+    crate::retrieval::index::write_hits(out, &rr, index.items())?;
+    Ok(rr)
+}
+
+/// `oml search`: embeds the images with the index's model and finds their nearest items.
+#[derive(Debug, Clone)]
+pub struct SearchJob {
+    /// The index folder.
+    pub index: PathBuf,
+    /// The model (default: the one the index records).
+    pub model: Option<ModelRef>,
+    /// Query images.
+    pub images: Vec<PathBuf>,
+    /// Hits per image.
+    pub top_n: usize,
+    /// Grid of the images and their hits (PNG).
+    pub grid: Option<PathBuf>,
+    /// Hits as JSON.
+    pub out: Option<PathBuf>,
+}
+
+/// `oml search`.
+pub fn search(job: &SearchJob) -> Result<crate::retrieval::ImageSearch> {
+    let index = crate::retrieval::GalleryIndex::load(&job.index)?;
+    let model = job.model.as_ref().map(ModelRef::load).transpose()?;
+    let found = index.search_images(model.as_ref(), &job.images, job.top_n)?;
+    if let Some(out) = &job.out {
+        write_json(out, &found.to_json())?;
+    }
+    if let Some(grid) = &job.grid {
+        found
+            .visualize()?
+            .results(job.top_n.min(8))
+            .save_png(grid)?;
+    }
+    Ok(found)
 }

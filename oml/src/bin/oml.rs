@@ -50,6 +50,12 @@ enum Command {
     /// Pretrained models: list them, download their weights, import checkpoints.
     #[command(subcommand)]
     Zoo(Zoo),
+    /// Gallery indexes kept on disk: build one from embeddings, add to it, query it.
+    #[command(subcommand)]
+    Index(IndexCmd),
+    /// Search an index with images: embeds them with the model the index was built with and
+    /// prints the nearest items (optionally a grid and JSON).
+    Search(Box<SearchArgs>),
     /// Embed every row of a CSV (file order) with a zoo model or an arch and a weights file.
     Embed(Box<EmbedArgs>),
     /// The main job: generate the glyph dataset, measure raw pixels and the backbone, fine-tune
@@ -194,6 +200,140 @@ struct EvaluateArgs {
     /// Queries in the grid.
     #[arg(long, default_value_t = 8)]
     grid_queries: usize,
+    /// Search this index folder (`oml index build`) for the CSV's queries instead of the CSV's
+    /// gallery rows: metrics of approximate results (pcf and fnmr@fmr need every embedding and
+    /// are not computed).
+    #[arg(long)]
+    index: Option<PathBuf>,
+}
+
+/// The model of an index or a search: a zoo name, or an arch with weights.
+#[derive(clap::Args, Clone)]
+struct ModelArgs {
+    /// A zoo name.
+    #[arg(long, conflicts_with_all = ["arch", "weights"])]
+    model: Option<String>,
+    /// An arch, with --weights.
+    #[arg(long, requires = "weights")]
+    arch: Option<String>,
+    /// Weights for --arch.
+    #[arg(long, requires = "arch")]
+    weights: Option<PathBuf>,
+    /// Image side the model embeds at (default: its transform's).
+    #[arg(long)]
+    image_size: Option<u32>,
+}
+
+impl ModelArgs {
+    fn model_ref(&self) -> Option<oml::pipeline::ModelRef> {
+        let source = match (&self.model, &self.arch, &self.weights) {
+            (Some(name), ..) => oml::pipeline::ModelSource::Zoo(name.clone()),
+            (None, Some(arch), Some(weights)) => oml::pipeline::ModelSource::File {
+                arch: arch.clone(),
+                weights: weights.clone(),
+            },
+            _ => return None,
+        };
+        Some(oml::pipeline::ModelRef {
+            source,
+            image_size: self.image_size,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum IndexCmd {
+    /// Build an index from embeddings (the CSV's gallery rows, or every row of E without --data)
+    /// and save it to a folder.
+    Build {
+        /// float32 [N, D] .npy or .parquet (one row per CSV row, as `oml embed` writes).
+        #[arg(long)]
+        embeddings: PathBuf,
+        /// The OML CSV: its gallery rows are indexed, with their labels, paths, categories and
+        /// sequences; ids are CSV row numbers. Without it: every row of E, ids 0..N-1.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Folder that relative image paths are relative to (default: the CSV's folder).
+        #[arg(long)]
+        dataset_root: Option<PathBuf>,
+        /// The index folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// hnsw (approximate, USearch) or flat (exact).
+        #[arg(long, default_value = "hnsw")]
+        kind: String,
+        /// euclidean or cosine.
+        #[arg(long, default_value = "euclidean")]
+        metric: String,
+        /// Storage of hnsw vectors: f16 (half the size and faster at the same recall), f32, or
+        /// i8 (cosine only). A flat index stores f32.
+        #[arg(long)]
+        dtype: Option<String>,
+        /// HNSW links per node.
+        #[arg(long, default_value_t = 16)]
+        connectivity: usize,
+        /// HNSW candidates while building.
+        #[arg(long, default_value_t = 128)]
+        expansion_add: usize,
+        /// HNSW candidates while searching (recall against speed).
+        #[arg(long, default_value_t = 64)]
+        expansion_search: usize,
+        /// The model the embeddings came from, recorded so that `oml search` embeds with it.
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Add embeddings to an index (new ids after its largest one).
+    Add {
+        /// The index folder.
+        #[arg(long)]
+        index: PathBuf,
+        /// float32 [N, D] .npy or .parquet.
+        #[arg(long)]
+        embeddings: PathBuf,
+        /// The CSV whose gallery rows these are (their labels, paths, ...).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Folder that relative image paths are relative to (default: the CSV's folder).
+        #[arg(long)]
+        dataset_root: Option<PathBuf>,
+    },
+    /// The nearest items of every row of a query embeddings file.
+    Query {
+        /// The index folder.
+        #[arg(long)]
+        index: PathBuf,
+        /// float32 [Q, D] .npy or .parquet.
+        #[arg(long)]
+        embeddings: PathBuf,
+        /// Hits per query.
+        #[arg(long, default_value_t = 10)]
+        top_n: usize,
+        /// R.json (per query: ids, distances, paths, labels) or R.parquet (a row per hit).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct SearchArgs {
+    /// The index folder.
+    #[arg(long)]
+    index: PathBuf,
+    /// The model (default: the one the index records); another model is refused.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Query images.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Hits per image.
+    #[arg(long, default_value_t = 5)]
+    top_n: usize,
+    /// Draw the images and their hits into this PNG.
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    /// Write the hits as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -430,6 +570,8 @@ fn run(command: Command) -> oml::Result<ExitCode> {
         }
         Command::Evaluate(args) => evaluate(&args),
         Command::Zoo(z) => zoo(z),
+        Command::Index(cmd) => index(cmd),
+        Command::Search(args) => search(&args),
         Command::Embed(args) => embed(&args),
         Command::Demo {
             out,
@@ -685,6 +827,10 @@ fn evaluate(args: &EvaluateArgs) -> oml::Result<ExitCode> {
     job.retrieved = args.retrieved.clone();
     job.grid = args.grid.clone();
     job.grid_queries = args.grid_queries;
+    job.index = args.index.clone();
+    if job.index.is_some() && !job.metrics.pcf_variance.is_empty() {
+        println!("pcf needs every embedding: not computed from an index");
+    }
     let metrics = oml::pipeline::evaluate(&job)?;
     print!("{metrics}");
     for (what, path) in [
@@ -834,5 +980,104 @@ fn embed(args: &EmbedArgs) -> oml::Result<ExitCode> {
         args.out.display(),
         n as f64 / secs
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn index(cmd: IndexCmd) -> oml::Result<ExitCode> {
+    match cmd {
+        IndexCmd::Build {
+            embeddings,
+            data,
+            dataset_root,
+            out,
+            kind,
+            metric,
+            dtype,
+            connectivity,
+            expansion_add,
+            expansion_search,
+            model,
+        } => {
+            let job = oml::pipeline::IndexBuildJob {
+                embeddings,
+                data,
+                dataset_root,
+                out,
+                config: oml::retrieval::IndexConfig {
+                    kind: kind.parse()?,
+                    metric: metric.parse()?,
+                    dtype: match dtype {
+                        Some(d) => d.parse()?,
+                        None if kind == "flat" => oml::retrieval::IndexDtype::F32,
+                        None => oml::retrieval::IndexDtype::F16,
+                    },
+                    connectivity,
+                    expansion_add,
+                    expansion_search,
+                },
+                model: model.model_ref(),
+            };
+            let start = std::time::Instant::now();
+            let index = oml::pipeline::index_build(&job)?;
+            println!(
+                "built {} in {:.1} s ({} bytes on disk)",
+                index.summary(),
+                start.elapsed().as_secs_f64(),
+                index.disk_bytes().unwrap_or(0)
+            );
+        }
+        IndexCmd::Add {
+            index,
+            embeddings,
+            data,
+            dataset_root,
+        } => {
+            let (ix, first) = oml::pipeline::index_add(
+                &index,
+                &embeddings,
+                data.as_deref(),
+                dataset_root.as_ref(),
+            )?;
+            println!(
+                "added ids {first}..{}; now {}",
+                ix.items().ids.iter().max().copied().unwrap_or(0),
+                ix.summary()
+            );
+        }
+        IndexCmd::Query {
+            index,
+            embeddings,
+            top_n,
+            out,
+        } => {
+            let start = std::time::Instant::now();
+            let rr = oml::pipeline::index_query(&index, &embeddings, top_n, &out)?;
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{} queries in {secs:.2} s; hits written to {}",
+                rr.n_queries(),
+                out.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn search(args: &SearchArgs) -> oml::Result<ExitCode> {
+    let job = oml::pipeline::SearchJob {
+        index: args.index.clone(),
+        model: args.model.model_ref(),
+        images: args.images.clone(),
+        top_n: args.top_n,
+        grid: args.grid.clone(),
+        out: args.out.clone(),
+    };
+    let found = oml::pipeline::search(&job)?;
+    print!("{}", oml::notebook::Show::plain(&found));
+    for (what, path) in [("grid", &job.grid), ("hits", &job.out)] {
+        if let Some(p) = path {
+            println!("{what} written to {}", p.display());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -235,6 +235,28 @@ impl Model {
         self.core.spec.feat_dim()
     }
 
+    /// sha256 over the spec and every weight (name, shape, values), in hex: two models embed
+    /// alike exactly when their fingerprints match (an index refuses queries from another).
+    pub fn fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&self.core.spec).unwrap_or_default());
+        for (name, t) in self.weights().iter() {
+            h.update(name.as_bytes());
+            for d in t.dims() {
+                h.update((*d as u64).to_le_bytes());
+            }
+            let values: Vec<f32> = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            for v in values {
+                h.update(v.to_le_bytes());
+            }
+        }
+        Ok(format!("{:x}", h.finalize()))
+    }
+
     /// Number of weights (scalars).
     pub fn n_parameters(&self) -> usize {
         self.weights().values().map(Tensor::elem_count).sum()

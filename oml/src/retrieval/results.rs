@@ -187,7 +187,7 @@ impl Prepared {
 }
 
 /// Codes of sequence values shared by the two sides (equal values, equal codes).
-fn sequence_codes(query: &[String], gallery: &[String]) -> (Vec<u32>, Vec<u32>) {
+pub(crate) fn sequence_codes(query: &[String], gallery: &[String]) -> (Vec<u32>, Vec<u32>) {
     let mut codes: HashMap<&str, u32> = HashMap::new();
     for s in query.iter().chain(gallery) {
         let next = codes.len() as u32;
@@ -519,6 +519,32 @@ impl RetrievalResults {
     ) -> Result<Self> {
         let found = knn(q, g, config, &exclusion)?;
         let (distances, retrieved) = found.into_iter().unzip();
+        let (query_ids, gallery_ids) = match ids {
+            Some((q, g)) => (Some(q), Some(g)),
+            None => (None, None),
+        };
+        Self::from_search(
+            distances,
+            retrieved,
+            labels,
+            exclusion,
+            query_categories,
+            query_ids,
+            gallery_ids,
+        )
+    }
+
+    /// Results of a search done elsewhere (an index): the lists, with ground truths derived
+    /// from the labels minus the excluded pairs.
+    pub(crate) fn from_search(
+        distances: Vec<Vec<f32>>,
+        retrieved: Vec<Vec<usize>>,
+        labels: Option<(Vec<i64>, Vec<i64>)>,
+        exclusion: PairExclusion,
+        query_categories: Option<Vec<String>>,
+        query_ids: Option<Vec<usize>>,
+        gallery_ids: Option<Vec<usize>>,
+    ) -> Result<Self> {
         let gt = labels.map(|(query_labels, gallery_labels)| {
             let mut by_label: HashMap<i64, Vec<usize>> = HashMap::new();
             for (j, &l) in gallery_labels.iter().enumerate() {
@@ -541,10 +567,6 @@ impl RetrievalResults {
                 exclusion,
             }
         });
-        let (query_ids, gallery_ids) = match ids {
-            Some((q, g)) => (Some(q), Some(g)),
-            None => (None, None),
-        };
         Ok(RetrievalResults {
             inner: Arc::new(Inner {
                 distances,
@@ -553,6 +575,33 @@ impl RetrievalResults {
                 query_ids,
                 gallery_ids,
                 query_categories,
+                source: None,
+            }),
+        })
+    }
+
+    /// The same results with other item ids for queries and gallery (what a retrieval grid
+    /// draws: item `query_ids[q]` and `gallery_ids[g]` of its image source).
+    pub(crate) fn with_item_ids(
+        &self,
+        query_ids: Vec<usize>,
+        gallery_ids: Vec<usize>,
+    ) -> Result<Self> {
+        if query_ids.len() != self.n_queries() {
+            return Err(Error::Msg(format!(
+                "{} query ids for {} queries",
+                query_ids.len(),
+                self.n_queries()
+            )));
+        }
+        Ok(RetrievalResults {
+            inner: Arc::new(Inner {
+                distances: self.inner.distances.clone(),
+                retrieved: self.inner.retrieved.clone(),
+                gt: self.inner.gt.clone(),
+                query_ids: Some(query_ids),
+                gallery_ids: Some(gallery_ids),
+                query_categories: self.inner.query_categories.clone(),
                 source: None,
             }),
         })
