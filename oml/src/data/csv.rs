@@ -142,7 +142,7 @@ pub fn write_embeddings_parquet(
     values: &[f32],
     dim: usize,
 ) -> Result<()> {
-    use polars::prelude::{NamedFrom, ParquetWriter, Series};
+    use polars::prelude::{NamedFrom, Series};
     let bad = |e: String| Error::Format {
         path: path.to_path_buf(),
         message: format!("cannot write Parquet: {e}"),
@@ -163,6 +163,16 @@ pub fn write_embeddings_parquet(
         columns.push(Column::new("label".into(), l));
     }
     columns.push(Column::new("embedding".into(), rows));
+    write_parquet(path, columns)
+}
+
+/// Columns as a Parquet file at `path` (not atomic: wrap in `fsio::write_atomic` for that).
+pub(crate) fn write_parquet(path: &Path, columns: Vec<Column>) -> Result<()> {
+    use polars::prelude::ParquetWriter;
+    let bad = |e: String| Error::Format {
+        path: path.to_path_buf(),
+        message: format!("cannot write Parquet: {e}"),
+    };
     let mut df = DataFrame::new_infer_height(columns).map_err(|e| bad(e.to_string()))?;
     let file = std::fs::File::create(path).map_err(|e| Error::io("cannot write", path, e))?;
     ParquetWriter::new(file)

@@ -282,11 +282,7 @@ impl GalleryItems {
     }
 
     fn write_parquet(&self, path: &Path) -> Result<()> {
-        use polars::prelude::{Column, DataFrame, ParquetWriter};
-        let bad = |e: String| Error::Format {
-            path: path.to_path_buf(),
-            message: format!("cannot write the items table: {e}"),
-        };
+        use polars::prelude::Column;
         let ids: Vec<u64> = self.ids.iter().map(|&i| i as u64).collect();
         let mut columns = vec![Column::new("id".into(), ids)];
         if let Some(l) = &self.labels {
@@ -301,12 +297,7 @@ impl GalleryItems {
                 columns.push(Column::new(name.into(), v));
             }
         }
-        let mut df = DataFrame::new_infer_height(columns).map_err(|e| bad(e.to_string()))?;
-        let file = std::fs::File::create(path).map_err(|e| Error::io("cannot write", path, e))?;
-        ParquetWriter::new(file)
-            .finish(&mut df)
-            .map(|_| ())
-            .map_err(|e| bad(e.to_string()))
+        crate::data::csv::write_parquet(path, columns)
     }
 
     fn read_parquet(path: &Path) -> Result<GalleryItems> {
@@ -1485,7 +1476,7 @@ pub(crate) fn write_hits(path: &Path, rr: &RetrievalResults, items: &GalleryItem
         )
     };
     if path.extension().and_then(|e| e.to_str()) == Some("parquet") {
-        use polars::prelude::{Column, DataFrame, ParquetWriter};
+        use polars::prelude::Column;
         let (mut query, mut rank, mut id, mut dist) = (vec![], vec![], vec![], vec![]);
         let (mut paths, mut labels) = (vec![], vec![]);
         for q in 0..nq {
@@ -1515,17 +1506,8 @@ pub(crate) fn write_hits(path: &Path, rr: &RetrievalResults, items: &GalleryItem
         if items.labels.is_some() {
             columns.push(Column::new("label".into(), labels));
         }
-        let bad = |e: String| Error::Format {
-            path: path.to_path_buf(),
-            message: format!("cannot write Parquet: {e}"),
-        };
         return crate::fsio::write_atomic(path, |tmp| {
-            let mut df = DataFrame::new_infer_height(columns).map_err(|e| bad(e.to_string()))?;
-            let file = std::fs::File::create(tmp).map_err(|e| Error::io("cannot write", tmp, e))?;
-            ParquetWriter::new(file)
-                .finish(&mut df)
-                .map(|_| ())
-                .map_err(|e| bad(e.to_string()))
+            crate::data::csv::write_parquet(tmp, columns)
         });
     }
     let json: Vec<serde_json::Value> = (0..nq)

@@ -580,6 +580,20 @@ impl RetrievalResults {
         })
     }
 
+    /// A copy of the lists, ground truths, ids and categories (not the source embeddings, which
+    /// the derived results no longer match).
+    fn derived(&self) -> Inner {
+        Inner {
+            distances: self.inner.distances.clone(),
+            retrieved: self.inner.retrieved.clone(),
+            gt: self.inner.gt.clone(),
+            query_ids: self.inner.query_ids.clone(),
+            gallery_ids: self.inner.gallery_ids.clone(),
+            query_categories: self.inner.query_categories.clone(),
+            source: None,
+        }
+    }
+
     /// The same results with other item ids for queries and gallery (what a retrieval grid
     /// draws: item `query_ids[q]` and `gallery_ids[g]` of its image source).
     pub(crate) fn with_item_ids(
@@ -596,13 +610,9 @@ impl RetrievalResults {
         }
         Ok(RetrievalResults {
             inner: Arc::new(Inner {
-                distances: self.inner.distances.clone(),
-                retrieved: self.inner.retrieved.clone(),
-                gt: self.inner.gt.clone(),
                 query_ids: Some(query_ids),
                 gallery_ids: Some(gallery_ids),
-                query_categories: self.inner.query_categories.clone(),
-                source: None,
+                ..self.derived()
             }),
         })
     }
@@ -620,11 +630,7 @@ impl RetrievalResults {
             inner: Arc::new(Inner {
                 distances: inner.distances,
                 retrieved: inner.retrieved,
-                gt: self.inner.gt.clone(),
-                query_ids: self.inner.query_ids.clone(),
-                gallery_ids: self.inner.gallery_ids.clone(),
-                query_categories: self.inner.query_categories.clone(),
-                source: None,
+                ..self.derived()
             }),
         })
     }
@@ -640,13 +646,8 @@ impl RetrievalResults {
         }
         Ok(RetrievalResults {
             inner: Arc::new(Inner {
-                distances: self.inner.distances.clone(),
-                retrieved: self.inner.retrieved.clone(),
-                gt: self.inner.gt.clone(),
-                query_ids: self.inner.query_ids.clone(),
-                gallery_ids: self.inner.gallery_ids.clone(),
                 query_categories: Some(categories),
-                source: None,
+                ..self.derived()
             }),
         })
     }
