@@ -198,23 +198,16 @@ impl GalleryItems {
 
     /// Rows of a checked CSV, their ids the rows' positions in the file.
     pub fn from_table(table: &SampleTable, rows: &[usize]) -> Self {
-        let pick = |v: &Option<Vec<String>>| {
-            v.as_ref()
-                .map(|v| rows.iter().map(|&r| v[r].clone()).collect())
-        };
         GalleryItems {
             ids: rows.to_vec(),
-            labels: table
-                .labels
-                .as_ref()
-                .map(|l| rows.iter().map(|&r| l[r]).collect()),
+            labels: pick_rows(&table.labels, rows),
             paths: Some(
                 rows.iter()
                     .map(|&r| table.resolved_path(r).to_string_lossy().into_owned())
                     .collect(),
             ),
-            categories: pick(&table.categories),
-            sequences: pick(&table.sequences),
+            categories: pick_rows(&table.categories, rows),
+            sequences: pick_rows(&table.sequences, rows),
         }
     }
 
@@ -422,7 +415,7 @@ pub struct GalleryIndex {
     items: GalleryItems,
     model: Option<IndexModel>,
     engine: Engine,
-    /// Where it was loaded from or last saved to, with that save's generation.
+    /// Where it was loaded from or last saved to, with the bytes of its files there.
     saved: Option<(PathBuf, u64)>,
 }
 
@@ -959,7 +952,10 @@ impl GalleryIndex {
                 }
             }
         }
-        self.saved = Some((dir.to_path_buf(), generation));
+        self.saved = Some((
+            dir.to_path_buf(),
+            manifest.engine.bytes + manifest.items.bytes,
+        ));
         Ok(())
     }
 
@@ -1032,28 +1028,29 @@ impl GalleryIndex {
             items,
             model: m.model,
             engine,
-            saved: Some((dir.to_path_buf(), m.generation)),
+            saved: Some((dir.to_path_buf(), m.engine.bytes + m.items.bytes)),
         })
     }
 
     /// Bytes of the index's files on disk (after a save or load).
     pub fn disk_bytes(&self) -> Option<u64> {
-        let (dir, _) = self.saved.as_ref()?;
-        let m = read_manifest(dir).ok()?;
-        Some(m.engine.bytes + m.items.bytes)
+        self.saved.as_ref().map(|(_, bytes)| *bytes)
     }
 
     /// A one-line description.
     pub fn summary(&self) -> String {
         format!(
-            "{} index of {} items, dim {}, {:?} distance{}{}",
+            "{} index of {} items, dim {}, {} distance{}{}",
             match self.config.kind {
                 IndexKind::Hnsw => format!("hnsw ({:?})", self.config.dtype).to_lowercase(),
                 IndexKind::Flat => "flat".into(),
             },
             self.len(),
             self.dim,
-            self.config.metric,
+            match self.config.metric {
+                Distance::Euclidean => "euclidean",
+                Distance::Cosine => "cosine",
+            },
             self.model
                 .as_ref()
                 .map(|m| format!(", model {}", m.describe()))
@@ -1063,8 +1060,6 @@ impl GalleryIndex {
                 .map(|(d, _)| format!(", in {}", d.display()))
                 .unwrap_or_default()
         )
-        .replace("Euclidean", "euclidean")
-        .replace("Cosine", "cosine")
     }
 }
 
@@ -1129,6 +1124,13 @@ fn is_generated(name: &str) -> bool {
         || (name.starts_with(".index.json.") && name.ends_with(".tmp"))
 }
 
+/// The values of a table column (when it has one) at `rows`.
+fn pick_rows<T: Clone>(column: &Option<Vec<T>>, rows: &[usize]) -> Option<Vec<T>> {
+    column
+        .as_ref()
+        .map(|v| rows.iter().map(|&r| v[r].clone()).collect())
+}
+
 /// `[N, D]` finite embeddings with `n` rows.
 fn check_rows(name: &str, embeddings: &Tensor, n: usize) -> Result<Tensor> {
     let e = check_embeddings(name, embeddings)?;
@@ -1187,18 +1189,11 @@ impl QueryItems {
 
     /// Rows of a CSV as queries: their ids are the rows.
     pub fn of_rows(table: &SampleTable, rows: &[usize]) -> QueryItems {
-        let pick = |v: &Option<Vec<String>>| {
-            v.as_ref()
-                .map(|v| rows.iter().map(|&r| v[r].clone()).collect())
-        };
         QueryItems {
             ids: Some(rows.to_vec()),
-            labels: table
-                .labels
-                .as_ref()
-                .map(|l| rows.iter().map(|&r| l[r]).collect()),
-            sequences: pick(&table.sequences),
-            categories: pick(&table.categories),
+            labels: pick_rows(&table.labels, rows),
+            sequences: pick_rows(&table.sequences, rows),
+            categories: pick_rows(&table.categories, rows),
         }
     }
 
