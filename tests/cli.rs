@@ -395,10 +395,12 @@ fn embed_import_evaluate_train_validate_predict() {
         "--config",
         &p(&cfg),
         "--set",
-        "criterion.name=cosface",
+        "criterion.name=circle",
     ]);
     assert!(
-        !out.status.success() && text(&out).1.contains("criterion"),
+        !out.status.success()
+            && text(&out).1.contains("criterion")
+            && text(&out).1.contains("sub_center_arcface"),
         "{:?}",
         text(&out)
     );

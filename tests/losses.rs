@@ -2,6 +2,7 @@
 //! `tests/golden/make_loss_fixtures.py`; semantics in `tests/golden/loss_semantics.md`).
 
 mod common;
+mod losses_pml;
 
 use std::collections::BTreeSet;
 

@@ -372,7 +372,7 @@ fn configs_are_checked_before_any_work_with_the_key_named() {
             "unknown field `unknown_key`",
         ),
         (
-            format!("{base}criterion: {{ name: cosface }}\n"),
+            format!("{base}criterion: {{ name: circle }}\n"),
             "criterion",
         ),
         (
@@ -749,4 +749,219 @@ fn checkpoints_can_be_spaced_in_time_and_the_end_always_writes_one() {
     };
     let e = bad.validate().expect_err("NaN").to_string();
     assert!(e.contains("checkpoint_every_seconds"), "{e}");
+}
+
+/// The train split of the glyphs and a config for a few quick steps, no validation.
+fn quick_cfg(steps: usize) -> FitConfig {
+    FitConfig {
+        seed: 3,
+        max_epochs: 5,
+        max_steps: Some(steps),
+        sampler: SamplerConfig::balance(4, 2),
+        optimizer: OptimizerKind::adamw(1e-3),
+        valid_every_epochs: 0,
+        log_every_steps: 1000,
+        ..FitConfig::default()
+    }
+}
+
+fn flat_weights(m: &Model) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<(String, Vec<f32>)> = m
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().expect("flat").to_vec1().expect("vec")))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn every_pml_loss_trains_a_few_steps_from_its_config() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
+    let configs = [
+        "name: contrastive\npos_margin: 0.0\nneg_margin: 1.0",
+        "name: multi_similarity\nminer: {name: multi_similarity, epsilon: 0.1}",
+        "name: supcon\ntemperature: 0.1",
+        "name: ntxent\ntemperature: 0.07\nminer: {name: batch_easy_hard}",
+        "name: proxy_anchor\nmargin: 0.1\nalpha: 32\nlr_scale: 100",
+        "name: cosface\nmargin: 0.35\nscale: 64",
+        "name: sub_center_arcface\nmargin: 28.6\nscale: 64\nsub_centers: 3",
+        "name: triplet_with_miner\nmargin: 0.2\nminer: {name: batch_hard}",
+    ];
+    for yaml in configs {
+        let loss: Loss = serde_norway::from_str(yaml).expect(yaml);
+        let model = tiny_vit(Precision::F32);
+        let before = flat_weights(&model);
+        let t = Trainer::builder(model, &train, loss)
+            .config(quick_cfg(3))
+            .build()
+            .unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let r = t.fit().unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        assert_eq!((r.ending, r.steps), (Ending::StepBudget, 3), "{yaml}");
+        let losses = steps(&t);
+        assert_eq!(losses.len(), 3, "{yaml}");
+        assert!(
+            losses.iter().all(|(l, _)| l.is_finite() && *l >= 0.0),
+            "{yaml}: {losses:?}"
+        );
+        let after = flat_weights(&t.model());
+        assert!(
+            before.iter().zip(&after).any(|(a, b)| a.1 != b.1),
+            "{yaml}: no weight moved"
+        );
+    }
+}
+
+#[test]
+fn the_plateau_schedule_follows_torch() {
+    let path = repo().join("tests/golden/plateau_torch.json");
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    for case in fx["cases"].as_array().expect("cases") {
+        let g = |k: &str| case[k].as_f64().expect(k);
+        let schedule = Schedule::Plateau {
+            factor: g("factor"),
+            patience: case["patience"].as_u64().expect("patience") as usize,
+            threshold: g("threshold"),
+            cooldown: case["cooldown"].as_u64().expect("cooldown") as usize,
+            min_lr: g("min_lr"),
+            warmup_steps: 0,
+        };
+        schedule.validate().expect("valid");
+        let base = g("base_lr");
+        let mut state = oml::train::PlateauState::default();
+        let metrics = case["metrics"].as_array().expect("metrics");
+        let lrs = case["lrs"].as_array().expect("lrs");
+        let mut reductions = 0;
+        for (i, (m, lr)) in metrics.iter().zip(lrs).enumerate() {
+            reductions += usize::from(
+                state
+                    .observe(&schedule, m.as_f64().expect("m"), base)
+                    .is_some(),
+            );
+            let (ours, torch) = (base * state.lr_factor, lr.as_f64().expect("lr"));
+            assert!(
+                (ours - torch).abs() <= 1e-12 * torch,
+                "validation {i}: ours {ours}, torch {torch}"
+            );
+        }
+        assert!(reductions >= 1);
+    }
+}
+
+/// The optimiser's update count of one parameter, from the newest checkpoint set.
+fn updates(dir: &Path) -> u64 {
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(latest_set(dir).join("state.json")).expect("state"),
+    )
+    .expect("json");
+    state["param_steps"]
+        .as_object()
+        .expect("param_steps")
+        .values()
+        .map(|v| v.as_u64().expect("count"))
+        .max()
+        .expect("a parameter")
+}
+
+#[test]
+fn accumulated_gradients_update_every_k_batches_and_resume_exactly() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
+    let build = |logs: PathBuf| {
+        let cfg = FitConfig {
+            max_steps: None,
+            max_epochs: 2,
+            sampler: SamplerConfig::balance(2, 2),
+            accumulate_grad_batches: 4,
+            logs_dir: Some(logs),
+            ..quick_cfg(0)
+        };
+        Trainer::builder(tiny_vit(Precision::F32), &train, Loss::triplet_hard(0.2))
+            .config(cfg)
+            .build()
+            .expect("trainer")
+    };
+    let straight = data.path().join("straight");
+    let t = build(straight.clone());
+    let r = t.fit().expect("fit");
+    let per_epoch = r.steps / 2;
+    assert!(
+        per_epoch > 4 && per_epoch % 4 != 0,
+        "{per_epoch} batches per epoch"
+    );
+    // Every 4 batches, and the remainder at each epoch's end.
+    assert_eq!(updates(&straight), 2 * per_epoch.div_ceil(4) as u64);
+
+    // A budget that falls between updates ends the run at the next update, and a resumed run
+    // ends with the weights of one that ran through.
+    let resumed = data.path().join("resumed");
+    let first = build(resumed.clone());
+    first.set_max_steps(Some(3));
+    let r = first.fit().expect("first part");
+    assert_eq!((r.ending, r.steps), (Ending::StepBudget, 4));
+    assert_eq!(updates(&resumed), 1);
+    drop(first);
+    let second = build(resumed.clone());
+    second.resume(&resumed).expect("resume");
+    assert_eq!(second.fit().expect("second part").ending, Ending::Completed);
+    let (a, b) = (weights(&straight), weights(&resumed));
+    for ((ka, va), (_, vb)) in a.iter().zip(&b) {
+        assert_eq!(va, vb, "{ka} differs after resuming");
+    }
+}
+
+#[test]
+fn early_stopping_ends_a_run_whose_metric_stalls_and_tensorboard_reads_its_history() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let logs = data.path().join("run");
+    // A learning rate too small to change any retrieval: the metric stays where it started.
+    let t = trainer(&table, Some(logs.clone()), 1e-12, 8);
+    t.set_early_stopping_patience(Some(2));
+    let r = t.fit().expect("fit");
+    assert_eq!(r.ending, Ending::EarlyStopped);
+    // Best after epoch 0, no better after epochs 1 and 2: stopped after 3 of 8 epochs.
+    assert_eq!(r.epochs, 3);
+    assert_eq!(r.best.map(|b| b.1), Some(0));
+
+    // The TensorBoard events hold what metrics.jsonl holds.
+    let tb: Vec<PathBuf> = std::fs::read_dir(logs.join("tb"))
+        .expect("tb")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(tb.len(), 1, "{tb:?}");
+    let scalars = oml::train::tensorboard::read_scalars(&tb[0]).expect("events");
+    let of = |tag: &str| -> Vec<(i64, f32)> {
+        scalars
+            .iter()
+            .filter(|s| s.tag == tag)
+            .map(|s| (s.step, s.value))
+            .collect()
+    };
+    let history = t.history().0;
+    let want: Vec<(i64, f32)> = history
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step { step, loss, .. } => Some((*step as i64, *loss as f32)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(of("train/loss"), want);
+    assert_eq!(of("train/lr").len(), want.len());
+    let cmc: Vec<(i64, f32)> = history
+        .iter()
+        .filter_map(|r| match r {
+            Record::Validation { step, metrics, .. } => {
+                Some((*step as i64, metrics["OVERALL/cmc/1"] as f32))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cmc.len(), 3);
+    assert_eq!(of("valid/OVERALL/cmc/1"), cmc);
 }

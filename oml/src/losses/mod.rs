@@ -6,13 +6,18 @@
 //! - miners ([`miners`]): all, hard, n-hard, hard-cluster, with a memory bank;
 //! - [`ArcFaceLoss`] (margin, scale, label smoothing, category-aware smoothing),
 //!   [`ArcFaceLossWithMLP`];
-//! - [`SurrogatePrecision`].
+//! - [`SurrogatePrecision`];
+//! - pytorch-metric-learning's most used losses and miners, with PML 2.9's semantics ([`pml`],
+//!   [`pml_miners`]): contrastive, multi-similarity, SupCon, NT-Xent, Proxy-Anchor, CosFace,
+//!   sub-center ArcFace; batch-hard, batch-easy-hard, triplet-margin, multi-similarity miners.
 //!
 //! Every loss returns a [`LossOutput`]: the scalar to minimise and OML's logs.
 
 pub mod arcface;
 pub mod config;
 pub mod miners;
+pub mod pml;
+pub mod pml_miners;
 pub mod surrogate;
 pub mod triplet;
 
@@ -26,6 +31,14 @@ pub use config::{CriterionConfig, CriterionContext, MinerConfig};
 pub use miners::{
     AllTripletsMiner, HardClusterMiner, HardTripletsMiner, MinerWithBank, NHardTripletsMiner,
     NRange, TripletMiner, TripletMinerWithMemory, Triplets,
+};
+pub use pml::{
+    ContrastiveLoss, CosFaceLoss, MultiSimilarityLoss, NTXentLoss, ProxyAnchorLoss,
+    SubCenterArcFaceLoss, SupConLoss,
+};
+pub use pml_miners::{
+    BatchEasyHardMiner, BatchHardMiner, Indices, MultiSimilarityMiner, Pairs, PmlMiner, Strategy,
+    TripletMarginMiner, TripletType,
 };
 pub use surrogate::SurrogatePrecision;
 pub use triplet::{TripletLoss, TripletLossPlain, TripletLossWithMiner};
@@ -159,7 +172,7 @@ pub fn pairwise_dist(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `sqrt` with a zero gradient at 0.
-fn safe_sqrt(sq: &Tensor) -> Result<Tensor> {
+pub(crate) fn safe_sqrt(sq: &Tensor) -> Result<Tensor> {
     let positive = sq.gt(0.0)?;
     let safe = positive.where_cond(sq, &sq.ones_like()?)?;
     Ok(positive.where_cond(&safe.sqrt()?, &sq.zeros_like()?)?)

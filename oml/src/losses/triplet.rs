@@ -115,9 +115,17 @@ impl Criterion for TripletLossWithMiner {
             )));
         }
         let sampled = self.miner.sample(features, labels)?;
-        let mut out =
+        let mut out = if sampled.anchors.dim(0)? == 0 {
+            // PML's miners may pick nothing (OML's never do); PML's losses then give a zero
+            // that keeps the graph, where a mean would give NaN.
+            LossOutput {
+                loss: (features * 0.0)?.sum_all()?,
+                logs: BTreeMap::from([("active_tri".to_owned(), 0.0)]),
+            }
+        } else {
             self.loss
-                .forward_triplets(&sampled.anchors, &sampled.positives, &sampled.negatives)?;
+                .forward_triplets(&sampled.anchors, &sampled.positives, &sampled.negatives)?
+        };
         let mut logs = self.last_logs.lock().unwrap_or_else(|p| p.into_inner());
         logs.extend(out.logs);
         logs.extend(sampled.logs);

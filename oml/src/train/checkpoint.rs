@@ -58,6 +58,9 @@ struct State {
     /// The f16 loss scale (absent in f32 / bf16 runs and in older state files).
     #[serde(default)]
     grad_scaler: Option<GradScaler>,
+    /// The plateau schedule's and early stopping's counts (absent in older state files).
+    #[serde(default)]
+    plateau: super::PlateauState,
     /// The loss's state besides tensors (a miner's bank labels and position, counters, logs);
     /// its tensors are in `criterion_state.safetensors`.
     #[serde(default)]
@@ -95,8 +98,8 @@ pub(crate) struct Loaded {
 /// The keys of a run that a resumed run must share, flattened to key paths (`criterion.margin`,
 /// `sampler.n_labels`, `model.arch`, `data.train_rows`): the model, the data, the loss, the
 /// sampler, the optimiser and everything else that changes what a step computes. Budgets
-/// (`max_epochs`, `max_steps`, `max_seconds`), logging, validation settings, the device and the
-/// bad-image policy may change.
+/// (`max_epochs`, `max_steps`, `max_seconds`, early stopping), logging, validation settings, the
+/// device and the bad-image policy may change.
 pub(crate) fn identity(
     model: &Model,
     train: &ImageLabeledDataset,
@@ -144,6 +147,8 @@ pub(crate) fn identity(
             "cache_images",
             "on_bad_image",
             "checkpoint_every_seconds",
+            "early_stopping_patience",
+            "tensorboard",
         ] {
             map.remove(free);
         }
@@ -328,6 +333,7 @@ fn write_into(
         best: run.best,
         param_steps: run.param_steps.clone(),
         grad_scaler: run.scaler,
+        plateau: run.plateau,
         criterion_state: run.loss_state.values.clone(),
         config: cfg.clone(),
         loss: Some(loss.clone()),
@@ -559,6 +565,7 @@ fn read_set(set: &Path, root: &Path) -> Result<Loaded> {
         },
         scaler: state.grad_scaler,
         skipped: state.skipped_images,
+        plateau: state.plateau,
     };
     Ok(Loaded {
         weights,

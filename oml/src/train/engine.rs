@@ -97,6 +97,8 @@ struct Engine<'a> {
     device: Device,
     precision: Precision,
     run: RunState,
+    /// TensorBoard's event file (`logs_dir/tb/`), opened when the fit starts.
+    tb: Option<super::tensorboard::EventWriter>,
 }
 
 impl<'a> Engine<'a> {
@@ -144,7 +146,7 @@ impl<'a> Engine<'a> {
             ParamGroup {
                 name: "criterion".into(),
                 params: ParamGroup::vars_of(&criterion_vars),
-                lr_scale: 1.0,
+                lr_scale: job.loss.lr_scale(),
                 frozen: false,
             },
         ];
@@ -172,11 +174,73 @@ impl<'a> Engine<'a> {
             device,
             precision,
             run,
+            tb: None,
         })
     }
 
     fn cfg(&self) -> &FitConfig {
         self.job.cfg
+    }
+
+    /// One optimiser update from the (summed) gradients `grads`, `unscale` turning them into the
+    /// mean gradient at loss scale 1; the f16 loss scale and gradient clipping as PyTorch's.
+    /// `overflowed`: a batch since the last update was not finite (f16), so the update is skipped.
+    fn update(
+        &mut self,
+        grads: Option<candle_core::backprop::GradStore>,
+        unscale: f64,
+        lr: f64,
+        total: usize,
+        overflowed: bool,
+        logs: &mut BTreeMap<String, f64>,
+    ) -> Result<()> {
+        let cfg = self.job.cfg;
+        let norm = match (&grads, cfg.clip_grad_norm, &self.run.scaler) {
+            (Some(g), Some(_), _) | (Some(g), _, Some(_)) => {
+                Some(self.optimizer.grad_norm(g)? * unscale)
+            }
+            _ => None,
+        };
+        let apply = match self.run.scaler.as_mut() {
+            Some(sc) => {
+                logs.insert("loss_scale".into(), sc.scale);
+                let ok = sc.update(!overflowed && norm.is_some_and(f64::is_finite));
+                if !ok && sc.scale < 1.0 / GradScaler::INIT {
+                    return Err(Error::Msg(format!(
+                        "the forward pass or the gradients overflow f16 at every loss \
+                         scale down to {:e} (step {}, epoch {}): train with precision bf16 \
+                         or f32, or lower the learning rate",
+                        sc.scale,
+                        self.run.step + 1,
+                        self.run.epoch
+                    )));
+                }
+                ok
+            }
+            None => true,
+        };
+        let scale = match (cfg.clip_grad_norm, norm) {
+            (Some(c), Some(n)) if apply => {
+                if !n.is_finite() {
+                    return Err(Error::Msg(format!(
+                        "the gradient norm is {n} at step {} (epoch {}): lower the learning rate",
+                        self.run.step + 1,
+                        self.run.epoch
+                    )));
+                }
+                unscale * if n > c { c / n } else { 1.0 }
+            }
+            _ => unscale,
+        };
+        if let (true, Some(grads)) = (apply, &grads) {
+            let momentum = cfg.scheduler.momentum(self.run.step, total);
+            self.optimizer.set_momentum(momentum);
+            self.optimizer.step(grads, lr, scale)?;
+        } else {
+            // An overflowed f16 step: no update, the scale halved (PyTorch's GradScaler).
+            logs.insert("skipped".into(), 1.0);
+        }
+        Ok(())
     }
 
     /// Writes the weights back into the model and returns the run state: what stays after the fit.
@@ -203,7 +267,34 @@ impl<'a> Engine<'a> {
         Ok(run)
     }
 
-    fn record(&self, r: Record) -> Result<()> {
+    fn record(&mut self, r: Record) -> Result<()> {
+        if let Some(tb) = self.tb.as_mut() {
+            let (step, scalars) = match &r {
+                Record::Step {
+                    step,
+                    loss,
+                    lr,
+                    logs,
+                    ..
+                } => {
+                    let mut v = vec![
+                        ("train/loss".to_owned(), *loss as f32),
+                        ("train/lr".to_owned(), *lr as f32),
+                    ];
+                    v.extend(logs.iter().map(|(k, x)| (format!("train/{k}"), *x as f32)));
+                    (*step, v)
+                }
+                Record::Validation { step, metrics, .. } => (
+                    *step,
+                    metrics
+                        .iter()
+                        .map(|(k, x)| (format!("valid/{k}"), *x as f32))
+                        .collect(),
+                ),
+                Record::Skipped { .. } => (0, Vec::new()),
+            };
+            tb.scalars(step, &scalars)?;
+        }
         if let Some(dir) = &self.cfg().logs_dir {
             let path = dir.join("metrics.jsonl");
             let line = serde_json::to_string(&r).map_err(|e| Error::Msg(e.to_string()))?;
@@ -310,6 +401,13 @@ impl<'a> Engine<'a> {
             let text = serde_norway::to_string(cfg).map_err(|e| Error::Msg(e.to_string()))?;
             let path = dir.join("fit_config.yaml");
             std::fs::write(&path, text).map_err(|e| Error::io("cannot write", &path, e))?;
+            if cfg.tensorboard {
+                let tb = dir.join("tb");
+                if self.run.step == 0 && self.run.epoch == 0 && self.run.batch_in_epoch == 0 {
+                    clear_event_files(&tb)?;
+                }
+                self.tb = Some(super::tensorboard::EventWriter::create(&tb)?);
+            }
         }
         let loader = ImageLoader::new(
             Arc::new(self.job.train.clone()),
@@ -337,6 +435,12 @@ impl<'a> Engine<'a> {
         // The last checkpoint set written by this fit (a resumed run starts from one).
         let mut last_set = Instant::now();
         let mut set_at = (self.run.step > 0).then_some(self.run.step);
+        // Gradient accumulation: the summed gradients of `micro` batches since the last update,
+        // and whether one of them overflowed (f16).
+        let accumulate = cfg.accumulate_grad_batches.max(1);
+        let mut pending: Option<candle_core::backprop::GradStore> = None;
+        let mut micro = 0usize;
+        let mut poisoned = false;
         let ending = 'run: loop {
             if self.run.epoch >= cfg.max_epochs {
                 break 'run Ending::Completed;
@@ -349,18 +453,23 @@ impl<'a> Engine<'a> {
                 .into_iter()
                 .skip(self.run.batch_in_epoch)
                 .collect();
-            for b in loader.iter_from(batches, self.run.epoch as u64, self.run.batch_in_epoch) {
-                if live.stop.load(Ordering::Relaxed) {
-                    break 'run Ending::Stopped;
-                }
-                if cfg.max_steps.is_some_and(|m| self.run.step >= m) {
-                    break 'run Ending::StepBudget;
-                }
-                if cfg
-                    .max_seconds
-                    .is_some_and(|s| start.elapsed().as_secs_f64() >= s)
-                {
-                    break 'run Ending::TimeBudget;
+            let n_batches = batches.len();
+            let batches = loader.iter_from(batches, self.run.epoch as u64, self.run.batch_in_epoch);
+            for (i, b) in batches.enumerate() {
+                // Budgets and stop requests end a run between updates only.
+                if micro == 0 {
+                    if live.stop.load(Ordering::Relaxed) {
+                        break 'run Ending::Stopped;
+                    }
+                    if cfg.max_steps.is_some_and(|m| self.run.step >= m) {
+                        break 'run Ending::StepBudget;
+                    }
+                    if cfg
+                        .max_seconds
+                        .is_some_and(|s| start.elapsed().as_secs_f64() >= s)
+                    {
+                        break 'run Ending::TimeBudget;
+                    }
                 }
                 let b = b.map_err(|e| {
                     Error::Msg(format!(
@@ -416,52 +525,26 @@ impl<'a> Engine<'a> {
                     (Some(sc), false) => (None, 1.0 / sc.scale),
                     (None, _) => (Some(out.loss.backward()?), 1.0),
                 };
-                let norm = match (&grads, cfg.clip_grad_norm, &self.run.scaler) {
-                    (Some(g), Some(_), _) | (Some(g), _, Some(_)) => {
-                        Some(self.optimizer.grad_norm(g)? * unscale)
-                    }
-                    _ => None,
-                };
+                match grads {
+                    Some(g) if !poisoned => match pending.as_mut() {
+                        Some(p) => p.extend(g)?,
+                        None => pending = Some(g),
+                    },
+                    Some(_) => {}
+                    None => poisoned = true,
+                }
+                micro += 1;
                 let mut logs = out.logs.clone();
-                let apply = match self.run.scaler.as_mut() {
-                    Some(sc) => {
-                        logs.insert("loss_scale".into(), sc.scale);
-                        let ok = sc.update(norm.is_some_and(f64::is_finite));
-                        if !ok && sc.scale < 1.0 / GradScaler::INIT {
-                            return Err(Error::Msg(format!(
-                                "the forward pass or the gradients overflow f16 at every loss \
-                                 scale down to {:e} (step {}, epoch {}): train with precision bf16 \
-                                 or f32, or lower the learning rate",
-                                sc.scale,
-                                self.run.step + 1,
-                                self.run.epoch
-                            )));
-                        }
-                        ok
-                    }
-                    None => true,
-                };
-                let scale = match (cfg.clip_grad_norm, norm) {
-                    (Some(c), Some(n)) if apply => {
-                        if !n.is_finite() {
-                            return Err(Error::Msg(format!(
-                                "the gradient norm is {n} at step {} (epoch {}): lower the learning rate",
-                                self.run.step + 1,
-                                self.run.epoch
-                            )));
-                        }
-                        unscale * if n > c { c / n } else { 1.0 }
-                    }
-                    _ => unscale,
-                };
-                let lr = cfg.optimizer.lr() * cfg.scheduler.factor(self.run.step, total);
-                if let (true, Some(grads)) = (apply, &grads) {
-                    let momentum = cfg.scheduler.momentum(self.run.step, total);
-                    self.optimizer.set_momentum(momentum);
-                    self.optimizer.step(grads, lr, scale)?;
-                } else {
-                    // An overflowed f16 step: no update, the scale halved (PyTorch's GradScaler).
-                    logs.insert("skipped".into(), 1.0);
+                let lr = cfg.optimizer.lr()
+                    * cfg.scheduler.factor(self.run.step, total)
+                    * self.run.plateau.lr_factor;
+                if micro >= accumulate || i + 1 == n_batches {
+                    // The mean gradient of the accumulated batches.
+                    let unscale = unscale / micro as f64;
+                    let grads = pending.take();
+                    let overflowed = std::mem::take(&mut poisoned);
+                    micro = 0;
+                    self.update(grads, unscale, lr, total, overflowed, &mut logs)?;
                 }
                 self.run.step += 1;
                 self.run.batch_in_epoch += 1;
@@ -530,7 +613,17 @@ impl<'a> Engine<'a> {
                 }
                 self.record(rec)?;
                 live.validated(value);
+                let base_lr = cfg.optimizer.lr();
+                if let Some(f) = self.run.plateau.observe(&cfg.scheduler, value, base_lr) {
+                    println!(
+                        "{} has not improved for a while: learning rate now {:.2e}",
+                        cfg.checkpoint_metric,
+                        base_lr * f
+                    );
+                }
+                self.run.plateau.stale += 1;
                 if self.run.best.is_none_or(|(b, _)| b.is_nan() || value > b) {
+                    self.run.plateau.stale = 0;
                     self.run.best = Some((value, self.run.epoch - 1));
                     if let Some(dir) = &cfg.logs_dir {
                         let path = dir.join("best.safetensors");
@@ -550,6 +643,20 @@ impl<'a> Engine<'a> {
                 self.checkpoint(dir)?;
                 last_set = Instant::now();
                 set_at = Some(self.run.step);
+            }
+            if let Some(patience) = cfg.early_stopping_patience
+                && self.run.plateau.stale >= patience
+                && self.run.epoch < cfg.max_epochs
+            {
+                println!(
+                    "stopping early: {} has not improved in {} validations (best {:.4} after \
+                     epoch {})",
+                    cfg.checkpoint_metric,
+                    self.run.plateau.stale,
+                    self.run.best.map_or(f64::NAN, |b| b.0),
+                    self.run.best.map_or(0, |b| b.1)
+                );
+                break 'run Ending::EarlyStopped;
             }
         };
         // The end of a run always leaves a set of where it ended.
@@ -631,4 +738,22 @@ fn first_hits(rr: &RetrievalResults) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (pos, neg)
+}
+
+/// Removes an earlier run's TensorBoard event files from `dir` (a fresh run starts a fresh
+/// history); other files stay.
+fn clear_event_files(dir: &std::path::Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("events.out.tfevents.")
+        {
+            std::fs::remove_file(e.path())
+                .map_err(|err| Error::io("cannot remove", e.path(), err))?;
+        }
+    }
+    Ok(())
 }

@@ -40,6 +40,7 @@ mod checkpoint;
 mod engine;
 pub mod optim;
 pub mod plots;
+pub mod tensorboard;
 mod trainer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,7 +48,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use optim::{GradScaler, Optimizer, OptimizerKind, ParamGroup, Schedule};
+pub use optim::{GradScaler, Optimizer, OptimizerKind, ParamGroup, PlateauState, Schedule};
 pub use trainer::{Progress, Run, Trainer, TrainerBuilder};
 
 use crate::metrics::MetricsConfig;
@@ -103,6 +104,17 @@ pub struct FitConfig {
     /// seconds have passed since the last one (0: after every epoch). The end of a run always
     /// writes one. For runs of many short epochs, where each set would cost more than it saves.
     pub checkpoint_every_seconds: f64,
+    /// Gradients of this many batches are summed (and averaged) before each optimiser update:
+    /// a larger effective batch for triplet mining on a small machine. The loss and the miner
+    /// still see one batch at a time. An epoch's last update takes what is left; budgets and stop
+    /// requests take effect at the next update.
+    pub accumulate_grad_batches: usize,
+    /// Stop after this many validations in a row without a better checkpoint metric (none:
+    /// never).
+    pub early_stopping_patience: Option<usize>,
+    /// With a `logs_dir`: write TensorBoard event files to `logs_dir/tb/` (every step's loss,
+    /// learning rate and logs, every validation metric).
+    pub tensorboard: bool,
 }
 
 /// What an unreadable training image does to a run (see [`FitConfig::on_bad_image`]).
@@ -184,6 +196,9 @@ impl Default for FitConfig {
             cache_images: false,
             on_bad_image: BadImagePolicy::Error,
             checkpoint_every_seconds: 0.0,
+            accumulate_grad_batches: 1,
+            early_stopping_patience: None,
+            tensorboard: true,
         }
     }
 }
@@ -193,6 +208,15 @@ impl FitConfig {
     pub fn validate(&self) -> Result<()> {
         if self.max_epochs == 0 {
             return Err(Error::config("max_epochs", "at least 1"));
+        }
+        if self.accumulate_grad_batches == 0 {
+            return Err(Error::config("accumulate_grad_batches", "at least 1"));
+        }
+        if self.early_stopping_patience == Some(0) {
+            return Err(Error::config(
+                "early_stopping_patience",
+                "at least 1 (or leave it out to never stop early)",
+            ));
         }
         self.metrics.validate().map_err(|e| e.at("metrics"))?;
         self.scheduler.validate().map_err(|e| e.at("scheduler"))?;
@@ -304,6 +328,8 @@ pub enum Ending {
     TimeBudget,
     /// The stop handle was set.
     Stopped,
+    /// `early_stopping_patience` validations without a better checkpoint metric.
+    EarlyStopped,
 }
 
 impl std::fmt::Display for Ending {
@@ -313,6 +339,7 @@ impl std::fmt::Display for Ending {
             Ending::StepBudget => "step budget reached",
             Ending::TimeBudget => "time budget reached",
             Ending::Stopped => "stopped",
+            Ending::EarlyStopped => "stopped early: the checkpoint metric stopped improving",
         })
     }
 }
@@ -486,6 +513,8 @@ pub(crate) struct RunState {
     pub scaler: Option<GradScaler>,
     /// Training images skipped as unreadable (`on_bad_image: skip`).
     pub skipped: Vec<Skipped>,
+    /// What the plateau schedule and early stopping count between validations.
+    pub plateau: PlateauState,
 }
 
 /// The records of a history file (`metrics.jsonl`) up to `step`: those of later steps, which a

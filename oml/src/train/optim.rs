@@ -497,6 +497,110 @@ pub enum Schedule {
         #[serde(default = "max_momentum")]
         max_momentum: f64,
     },
+    /// torch's `ReduceLROnPlateau` (mode `max`, relative threshold) on the checkpoint metric:
+    /// after more than `patience` validations without a value above `best * (1 + threshold)`,
+    /// the rate is multiplied by `factor` (never below `min_lr`), then `cooldown` validations
+    /// pass before counting again.
+    Plateau {
+        /// Multiplier on each reduction.
+        #[serde(default = "tenth")]
+        factor: f64,
+        /// Validations without an improvement that are tolerated.
+        #[serde(default = "ten")]
+        patience: usize,
+        /// Relative improvement that counts.
+        #[serde(default = "plateau_threshold")]
+        threshold: f64,
+        /// Validations after a reduction before counting again.
+        #[serde(default)]
+        cooldown: usize,
+        /// The lowest rate (absolute).
+        #[serde(default)]
+        min_lr: f64,
+        /// Linear warm-up steps.
+        #[serde(default)]
+        warmup_steps: usize,
+    },
+}
+
+fn ten() -> usize {
+    10
+}
+fn plateau_threshold() -> f64 {
+    1e-4
+}
+
+/// What `ReduceLROnPlateau` and early stopping keep between validations (saved with a run's
+/// state, so that a resumed run goes on counting).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PlateauState {
+    /// The factor on the scheduled rate (1 until a reduction).
+    pub lr_factor: f64,
+    /// The best value seen by the plateau test.
+    pub best: Option<f64>,
+    /// Validations without an improvement (the plateau test's count).
+    pub bad: usize,
+    /// Validations of cooldown left.
+    pub cooldown: usize,
+    /// Validations since the checkpoint metric last improved (early stopping's count).
+    pub stale: usize,
+}
+
+impl Default for PlateauState {
+    fn default() -> Self {
+        PlateauState {
+            lr_factor: 1.0,
+            best: None,
+            bad: 0,
+            cooldown: 0,
+            stale: 0,
+        }
+    }
+}
+
+impl PlateauState {
+    /// One validation's `value` for a `Plateau` schedule (nothing for the others), as torch's
+    /// `ReduceLROnPlateau.step`; returns the new factor when the rate was reduced. `base_lr`
+    /// turns `min_lr` into a factor.
+    pub fn observe(&mut self, schedule: &Schedule, value: f64, base_lr: f64) -> Option<f64> {
+        let Schedule::Plateau {
+            factor,
+            patience,
+            threshold,
+            cooldown,
+            min_lr,
+            ..
+        } = schedule
+        else {
+            return None;
+        };
+        let better = match self.best {
+            None => !value.is_nan(),
+            Some(b) => value > b * (1.0 + threshold),
+        };
+        if better {
+            self.best = Some(value);
+            self.bad = 0;
+        } else {
+            self.bad += 1;
+        }
+        if self.cooldown > 0 {
+            self.cooldown -= 1;
+            self.bad = 0;
+        }
+        if self.bad > *patience {
+            self.bad = 0;
+            self.cooldown = *cooldown;
+            let old = self.lr_factor * base_lr;
+            let new = (old * factor).max(*min_lr);
+            // torch's eps: a change below 1e-8 is not made.
+            if old - new > 1e-8 {
+                self.lr_factor = new / base_lr;
+                return Some(self.lr_factor);
+            }
+        }
+        None
+    }
 }
 
 fn half() -> f64 {
@@ -570,7 +674,36 @@ impl Schedule {
                 }
                 Ok(())
             }
+            Schedule::Plateau {
+                factor,
+                threshold,
+                min_lr,
+                ..
+            } => {
+                if !(*factor > 0.0 && *factor < 1.0) {
+                    return Err(Error::param("scheduler.factor", factor, "in (0, 1)"));
+                }
+                if !(threshold.is_finite() && *threshold >= 0.0) {
+                    return Err(Error::param("scheduler.threshold", threshold, ">= 0"));
+                }
+                if !(min_lr.is_finite() && *min_lr >= 0.0) {
+                    return Err(Error::param("scheduler.min_lr", min_lr, ">= 0"));
+                }
+                Ok(())
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// torch's `ReduceLROnPlateau` with its defaults (factor 0.1, patience 10, threshold 1e-4).
+    pub fn plateau(factor: f64, patience: usize) -> Self {
+        Schedule::Plateau {
+            factor,
+            patience,
+            threshold: plateau_threshold(),
+            cooldown: 0,
+            min_lr: 0.0,
+            warmup_steps: 0,
         }
     }
 
@@ -613,6 +746,8 @@ impl Schedule {
             Schedule::OneCycle { pct_start, .. } => {
                 one_cycle(step, total, *pct_start, (1.0 / 25.0, 1.0, 1.0 / 25.0 / 1e4))
             }
+            // The reductions are the run's (`PlateauState`), applied on top.
+            Schedule::Plateau { warmup_steps, .. } => warm(*warmup_steps),
         }
     }
 

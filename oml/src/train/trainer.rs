@@ -314,6 +314,12 @@ impl Trainer {
         lock(&self.inner.cfg).max_steps = steps;
     }
 
+    /// Changes early stopping for the next fit: stop after `patience` validations without a
+    /// better checkpoint metric (`None`: never).
+    pub fn set_early_stopping_patience(&self, patience: Option<usize>) {
+        lock(&self.inner.cfg).early_stopping_patience = patience.filter(|&p| p > 0);
+    }
+
     /// Changes the time budget (seconds, counted from the start of each fit) for the next fit.
     pub fn set_max_seconds(&self, seconds: Option<f64>) -> Result<()> {
         if let Some(s) = seconds
@@ -748,6 +754,25 @@ impl TrainerBuilder {
         self
     }
 
+    /// Sums the gradients of `k` batches before each update (a `k` times larger effective
+    /// batch; the miner still sees one batch).
+    pub fn accumulate_grad_batches(mut self, k: usize) -> Self {
+        self.cfg.accumulate_grad_batches = k;
+        self
+    }
+
+    /// Stops after `patience` validations without a better checkpoint metric.
+    pub fn early_stopping(mut self, patience: usize) -> Self {
+        self.cfg.early_stopping_patience = Some(patience);
+        self
+    }
+
+    /// Whether a run with a `logs_dir` writes TensorBoard event files (on by default).
+    pub fn tensorboard(mut self, yes: bool) -> Self {
+        self.cfg.tensorboard = yes;
+        self
+    }
+
     /// Validate every this many epochs (0: only after the last epoch).
     pub fn valid_every_epochs(mut self, epochs: usize) -> Self {
         self.cfg.valid_every_epochs = epochs;
@@ -829,7 +854,7 @@ impl TrainerBuilder {
                 model.arch()
             )));
         }
-        let loss_has_params = matches!(loss, CriterionConfig::Arcface { .. });
+        let loss_has_params = loss.has_parameters();
         if cfg.freeze_backbone_epochs > 0 && model.spec().mlp.is_empty() && !loss_has_params {
             return Err(Error::config(
                 "freeze_backbone_epochs",
