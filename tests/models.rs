@@ -4,6 +4,7 @@
 //! `tests/real_data.rs` (it needs the shared weights).
 
 mod common;
+mod reranker;
 
 use common::f32s;
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use oml::data::{
     GlyphsConfig, ImageLabeledDataset, ImageQueryGalleryLabeledDataset, ImageSource, SampleTable,
     Split, Transform,
@@ -964,4 +964,79 @@ fn early_stopping_ends_a_run_whose_metric_stalls_and_tensorboard_reads_its_histo
         .collect();
     assert_eq!(cmc.len(), 3);
     assert_eq!(of("valid/OVERALL/cmc/1"), cmc);
+}
+
+#[test]
+fn train_postprocessor_trains_a_reranker_and_reports_before_and_after() {
+    use oml::pipeline::{PostprocessorJob, train_postprocessor};
+    let data = tempfile::tempdir().expect("tmp");
+    let _ = glyphs(data.path());
+    let net = "{ family: resnet, block: basic, layers: [1, 1, 1, 1], width: 8, gem_p: null, \
+               head: { linear: 1 }, remove_fc: true, normalise: false }";
+    let yaml = format!(
+        "dataframe: df.csv\n\
+         extractor: {{ arch: tiny_resnet, weights: random, network: {net} }}\n\
+         pairwise_model: {{ extractor: {{ arch: tiny_resnet, weights: random, network: {net} }}, mlp_hidden_dims: [8] }}\n\
+         image_size: 32\n\
+         transforms_train: augs_glyphs\n\
+         transforms_extraction: norm_resize_torch\n\
+         logs_dir: rr\n\
+         max_epochs: 2\n\
+         max_steps: 4\n\
+         sampler: {{ name: balance, n_labels: 4, n_instances: 2 }}\n\
+         optimizer: {{ name: adamw, lr: 0.001 }}\n\
+         top_n: 3\n"
+    );
+    let cfg = data.path().join("rr.yaml");
+    std::fs::write(&cfg, &yaml).expect("write");
+    let job = PostprocessorJob::from_file(&cfg, &[]).expect("job");
+    let report = train_postprocessor(&job).expect("train");
+    assert_eq!(report.steps, 4);
+    assert!(report.losses.iter().all(|l| l.is_finite() && *l > 0.0));
+    // Validation after the last epoch: the first stage's metrics and the re-ranked ones; only the
+    // top 3 move, so cmc@5 stays.
+    let v = report.validations.last().expect("a validation");
+    let (b1, a1) = (v.before["OVERALL/cmc/1"], v.after["OVERALL/cmc/1"]);
+    assert!((0.0..=1.0).contains(&b1) && (0.0..=1.0).contains(&a1));
+    assert_eq!(v.before["OVERALL/cmc/5"], v.after["OVERALL/cmc/5"]);
+    let logs = data.path().join("rr");
+    for f in ["reranker.safetensors", "report.json", "config.yaml"] {
+        assert!(logs.join(f).is_file(), "{f}");
+    }
+    // The saved re-ranker loads onto its backbone and scores as it did.
+    let back = oml::Model::init(
+        oml::models::ModelSpec::custom(
+            "tiny_resnet",
+            serde_norway::from_str(net).expect("network"),
+        ),
+        0,
+    )
+    .expect("model");
+    let s =
+        oml::retrieval::ConcatSiamese::load(back.clone(), &[8], &logs.join("reranker.safetensors"))
+            .expect("load");
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).expect("x");
+    let p: Vec<f32> = s
+        .predict(&x, &x.flip(&[0]).expect("flip"))
+        .expect("predict")
+        .to_vec1()
+        .expect("vec");
+    assert!(p.iter().all(|v| *v > 0.0 && *v < 1.0), "{p:?}");
+    let e = oml::retrieval::ConcatSiamese::load(back, &[16], &logs.join("reranker.safetensors"))
+        .err()
+        .expect("another head");
+    assert!(e.to_string().contains("reranker.safetensors"), "{e}");
+    // Bad values are named by key.
+    for (k, v, want) in [
+        ("top_n", "1", "top_n"),
+        ("pairwise_model.mlp_hidden_dims", "[0]", "mlp_hidden_dims"),
+        ("max_epoch", "3", "known keys"),
+        ("extractor.weights", "nope.safetensors", "extractor.weights"),
+    ] {
+        let e = PostprocessorJob::from_file(&cfg, &[format!("{k}={v}")])
+            .err()
+            .unwrap_or_else(|| panic!("{k}={v} was accepted"))
+            .to_string();
+        assert!(e.contains(want), "{k}={v}: {e}");
+    }
 }

@@ -64,6 +64,45 @@ impl ModelConfig {
     }
 }
 
+/// The model of `config` with its weights: `weights` instead when given, a seeded random
+/// initialisation for `random`, the zoo's file for `zoo:NAME`, else the file named.
+fn load_model(config: &ModelConfig, weights: Option<&Path>, seed: u64) -> Result<Model> {
+    let spec = config.spec();
+    match (weights, config.weights.as_str()) {
+        (Some(p), _) => Model::from_spec(spec, p),
+        (None, "random") => Model::init(spec, seed),
+        (None, w) if w.starts_with("zoo:") => {
+            let m = crate::zoo::find(&w[4..])?;
+            let found = crate::zoo::locate(m, &crate::zoo::Hub::from_env())?;
+            println!("model weights: zoo {} ({})", &w[4..], found.origin);
+            Model::from_spec(spec, &found.path)
+        }
+        (None, w) => Model::from_spec(spec, w),
+    }
+}
+
+/// Checks that `config` names a known arch and weights that can be found, naming `key`.
+fn check_model(config: &ModelConfig, key: &str) -> Result<()> {
+    config
+        .spec()
+        .feat_dim()
+        .map_err(|e| Error::config(format!("{key}.arch"), e))?;
+    match config.weights.as_str() {
+        "random" => {}
+        w if w.starts_with("zoo:") => {
+            crate::zoo::find(&w[4..]).map_err(|e| Error::config(format!("{key}.weights"), e))?;
+        }
+        w if !Path::new(w).is_file() => {
+            return Err(Error::config(
+                format!("{key}.weights"),
+                format!("{w} does not exist (give a file, zoo:NAME or random)"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// The keys of a job besides the fit settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -395,23 +434,7 @@ impl JobConfig {
                 format!("{} does not exist", csv.display()),
             ));
         }
-        self.model
-            .spec()
-            .feat_dim()
-            .map_err(|e| Error::config("model.arch", e))?;
-        match self.model.weights.as_str() {
-            "random" => {}
-            w if w.starts_with("zoo:") => {
-                crate::zoo::find(&w[4..]).map_err(|e| Error::config("model.weights", e))?;
-            }
-            w if !Path::new(w).is_file() => {
-                return Err(Error::config(
-                    "model.weights",
-                    format!("{w} does not exist (give a file, zoo:NAME or random)"),
-                ));
-            }
-            _ => {}
-        }
+        check_model(&self.model, "model")?;
         Transform::preset(&self.transforms_train, self.image_size)
             .map_err(|e| Error::config("transforms_train", e))?;
         Transform::preset(&self.transforms_val, self.image_size)
@@ -440,19 +463,7 @@ impl JobConfig {
     /// The job's model: its weights (or `weights` instead), device, precision, validation
     /// transform and batch size.
     pub fn model(&self, weights: Option<&Path>) -> Result<Model> {
-        let spec = self.model.spec();
-        let model = match (weights, self.model.weights.as_str()) {
-            (Some(p), _) => Model::from_spec(spec, p)?,
-            (None, "random") => Model::init(spec, self.fit.seed)?,
-            (None, w) if w.starts_with("zoo:") => {
-                let m = crate::zoo::find(&w[4..])?;
-                let found = crate::zoo::locate(m, &crate::zoo::Hub::from_env())?;
-                println!("model weights: zoo {} ({})", &w[4..], found.origin);
-                Model::from_spec(spec, &found.path)?
-            }
-            (None, w) => Model::from_spec(spec, w)?,
-        };
-        model
+        load_model(&self.model, weights, self.fit.seed)?
             .with_device(&self.device)?
             .with_precision(self.precision)
             .with_transform(Transform::preset(&self.transforms_val, self.image_size)?)
@@ -1007,4 +1018,283 @@ pub fn search(job: &SearchJob) -> Result<crate::retrieval::ImageSearch> {
             .save_png(grid)?;
     }
     Ok(found)
+}
+
+/// The re-ranker of `oml train-postprocessor`: OML's `pairwise_model: concat_siamese`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairwiseModelConfig {
+    /// The siamese's backbone (often the first-stage model's arch and weights).
+    pub extractor: ModelConfig,
+    /// Hidden sizes of the head (OML's example: `[192]`).
+    #[serde(default = "head_192")]
+    pub mlp_hidden_dims: Vec<usize>,
+    /// Average both orders of each pair when scoring.
+    #[serde(default)]
+    pub use_tta: bool,
+}
+
+fn head_192() -> Vec<usize> {
+    vec![192]
+}
+
+/// The keys of a postprocessor job besides the fit settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostprocessorKeys {
+    #[serde(default = "cpu")]
+    device: String,
+    #[serde(default)]
+    dataset_root: Option<PathBuf>,
+    dataframe: PathBuf,
+    extractor: ModelConfig,
+    pairwise_model: PairwiseModelConfig,
+    #[serde(default = "size224")]
+    image_size: u32,
+    #[serde(default = "augs")]
+    transforms_train: String,
+    #[serde(default = "norm")]
+    transforms_extraction: String,
+    #[serde(default = "b32")]
+    batch_size_inference: usize,
+    #[serde(default)]
+    logs_dir: Option<PathBuf>,
+}
+
+/// `oml train-postprocessor`: OML's pairwise re-ranker pipeline. A first-stage model
+/// (`extractor`) embeds the CSV; a [`crate::retrieval::ConcatSiamese`] (`pairwise_model`) learns
+/// from hard pairs of those embeddings; each validation re-ranks the first stage's top-n and
+/// reports the metrics before and after. The fit settings
+/// ([`crate::retrieval::PairwiseFitConfig`]: seed, max_epochs, sampler, optimizer,
+/// freeze_n_epochs, hard_pairs_mining, top_n, ...) sit at the top level.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostprocessorJob {
+    /// `cpu`, `cuda`, `cuda:i`.
+    pub device: String,
+    /// Folder the CSV's paths are relative to (default: the CSV's folder).
+    pub dataset_root: Option<PathBuf>,
+    /// The CSV.
+    pub dataframe: PathBuf,
+    /// The first-stage model.
+    pub extractor: ModelConfig,
+    /// The re-ranker.
+    pub pairwise_model: PairwiseModelConfig,
+    /// Image side.
+    pub image_size: u32,
+    /// Augmentations of the re-ranker's training images.
+    pub transforms_train: String,
+    /// The transform of the first stage and of the re-ranker at validation.
+    pub transforms_extraction: String,
+    /// Images per batch when embedding and scoring.
+    pub batch_size_inference: usize,
+    /// Where `reranker.safetensors`, `report.json` and `config.yaml` go (default
+    /// `runs/postprocessor`).
+    pub logs_dir: PathBuf,
+    /// The fit settings.
+    #[serde(flatten)]
+    pub fit: crate::retrieval::PairwiseFitConfig,
+}
+
+impl PostprocessorJob {
+    /// Reads a YAML config with `key=value` overrides; relative paths are resolved against the
+    /// config's folder; every value is checked, naming its key.
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
+        let mut value: serde_norway::Value = serde_norway::from_str(&text)
+            .map_err(|e| Error::Msg(format!("{}: not a YAML config: {e}", path.display())))?;
+        for o in overrides {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| Error::Msg(format!("--set {o}: expected key=value")))?;
+            set_key(&mut value, k.trim(), v.trim())?;
+        }
+        let Some(map) = value.as_mapping() else {
+            return Err(Error::Msg("a config is a mapping of keys to values".into()));
+        };
+        let keys = |v: serde_json::Value| -> Vec<String> {
+            v.as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let fit_keys = keys(
+            serde_json::to_value(crate::retrieval::PairwiseFitConfig::default())
+                .unwrap_or_default(),
+        );
+        let job_keys = [
+            "device",
+            "dataset_root",
+            "dataframe",
+            "extractor",
+            "pairwise_model",
+            "image_size",
+            "transforms_train",
+            "transforms_extraction",
+            "batch_size_inference",
+            "logs_dir",
+        ];
+        let mut job = serde_norway::Mapping::new();
+        let mut fit = serde_norway::Mapping::new();
+        for (k, v) in map {
+            let name = k.as_str().unwrap_or_default();
+            if job_keys.contains(&name) {
+                job.insert(k.clone(), v.clone());
+            } else if fit_keys.iter().any(|f| f == name) {
+                fit.insert(k.clone(), v.clone());
+            } else {
+                let mut known: Vec<&str> = job_keys
+                    .iter()
+                    .copied()
+                    .chain(fit_keys.iter().map(String::as_str))
+                    .collect();
+                known.sort();
+                return Err(Error::config(
+                    name,
+                    format!(
+                        "unknown field `{name}`; known keys: {} (in {})",
+                        known.join(", "),
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        let keys: PostprocessorKeys = typed(serde_norway::Value::Mapping(job), "")?;
+        let fit: crate::retrieval::PairwiseFitConfig =
+            typed(serde_norway::Value::Mapping(fit), "")?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let fix = |p: PathBuf| {
+            if p.is_relative() && !base.as_os_str().is_empty() {
+                base.join(p)
+            } else {
+                p
+            }
+        };
+        let fix_weights = |m: &mut ModelConfig| {
+            if !m.weights.starts_with("zoo:") && m.weights != "random" {
+                m.weights = fix(PathBuf::from(&m.weights))
+                    .to_string_lossy()
+                    .into_owned();
+            }
+        };
+        let (dataset_root, dataframe) = match keys.dataset_root {
+            Some(r) => (Some(fix(r)), keys.dataframe),
+            None => (None, fix(keys.dataframe)),
+        };
+        let mut extractor = keys.extractor;
+        fix_weights(&mut extractor);
+        let mut pairwise_model = keys.pairwise_model;
+        fix_weights(&mut pairwise_model.extractor);
+        let job = PostprocessorJob {
+            device: keys.device,
+            dataset_root,
+            dataframe,
+            extractor,
+            pairwise_model,
+            image_size: keys.image_size,
+            transforms_train: keys.transforms_train,
+            transforms_extraction: keys.transforms_extraction,
+            batch_size_inference: keys.batch_size_inference,
+            logs_dir: fix(keys
+                .logs_dir
+                .unwrap_or_else(|| PathBuf::from("runs/postprocessor"))),
+            fit,
+        };
+        job.check()?;
+        Ok(job)
+    }
+
+    fn csv(&self) -> PathBuf {
+        match &self.dataset_root {
+            Some(r) if self.dataframe.is_relative() => r.join(&self.dataframe),
+            _ => self.dataframe.clone(),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if !self.csv().is_file() {
+            return Err(Error::config(
+                "dataframe",
+                format!("{} does not exist", self.csv().display()),
+            ));
+        }
+        check_model(&self.extractor, "extractor")?;
+        check_model(&self.pairwise_model.extractor, "pairwise_model.extractor")?;
+        if self.pairwise_model.mlp_hidden_dims.contains(&0) {
+            return Err(Error::config(
+                "pairwise_model.mlp_hidden_dims",
+                "every layer size > 0",
+            ));
+        }
+        Transform::preset(&self.transforms_train, self.image_size)
+            .map_err(|e| Error::config("transforms_train", e))?;
+        Transform::preset(&self.transforms_extraction, self.image_size)
+            .map_err(|e| Error::config("transforms_extraction", e))?;
+        if self.batch_size_inference == 0 {
+            return Err(Error::config("batch_size_inference", "at least 1"));
+        }
+        crate::device(&self.device).map_err(|e| Error::config("device", e))?;
+        self.fit.validate()
+    }
+
+    /// A model of `config` on the job's device, with the extraction transform.
+    fn model(&self, config: &ModelConfig) -> Result<Model> {
+        load_model(config, None, self.fit.seed)?
+            .with_device(&self.device)?
+            .with_transform(Transform::preset(
+                &self.transforms_extraction,
+                self.image_size,
+            )?)
+            .with_batch_size(self.batch_size_inference)
+    }
+}
+
+/// Runs a [`PostprocessorJob`]: writes `reranker.safetensors` (the siamese's weights),
+/// `report.json` (every step's loss, metrics before and after re-ranking at each validation) and
+/// the resolved `config.yaml` into `logs_dir`.
+pub fn train_postprocessor(job: &PostprocessorJob) -> Result<crate::retrieval::PairwiseFitReport> {
+    let table = Arc::new(SampleTable::from_csv(
+        job.csv(),
+        &CheckOptions {
+            dataset_root: job.dataset_root.clone(),
+            require_labels: true,
+            ..CheckOptions::default()
+        },
+    )?);
+    let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train))?;
+    let val = if table.rows_of(Split::Validation).is_empty() {
+        None
+    } else {
+        Some(ImageQueryGalleryLabeledDataset::from_table(table)?)
+    };
+    let first = job.model(&job.extractor)?;
+    println!(
+        "first stage: embedding {} training and {} validation images with {}",
+        train.len(),
+        val.as_ref().map_or(0, |v| v.len()),
+        first.arch()
+    );
+    let train_emb = first.embed(&train)?;
+    let val_emb = match &val {
+        Some(v) => Some(first.embed(v)?),
+        None => None,
+    };
+    let backbone = job.model(&job.pairwise_model.extractor)?;
+    let mut siamese = crate::retrieval::ConcatSiamese::new(
+        backbone,
+        &job.pairwise_model.mlp_hidden_dims,
+        job.fit.seed,
+    )?;
+    siamese.use_tta = job.pairwise_model.use_tta;
+    let resolved = serde_norway::to_string(job).map_err(|e| Error::Msg(e.to_string()))?;
+    write_text(&job.logs_dir.join("config.yaml"), &resolved)?;
+    let report = crate::retrieval::fit_siamese(
+        &mut siamese,
+        &train,
+        &train_emb,
+        val.as_ref().zip(val_emb.as_ref()),
+        Transform::preset(&job.transforms_train, job.image_size)?,
+        &job.fit,
+    )?;
+    siamese.save(&job.logs_dir.join("reranker.safetensors"))?;
+    write_json(&job.logs_dir.join("report.json"), &report)?;
+    Ok(report)
 }

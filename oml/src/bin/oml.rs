@@ -123,6 +123,16 @@ enum Command {
         #[allow(clippy::option_option)]
         resume: Option<Option<PathBuf>>,
     },
+    /// Train OML's pairwise re-ranker (a siamese on a first-stage model's top-n) from a YAML
+    /// config, reporting metrics before and after re-ranking.
+    TrainPostprocessor {
+        /// The config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides, `key.path=value` (YAML values).
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
     /// Metrics of a config's model (or --weights) on its CSV's validation rows.
     Validate {
         /// The config.
@@ -684,6 +694,35 @@ fn run(command: Command) -> oml::Result<ExitCode> {
                     .unwrap_or_else(|| "-".into()),
                 cfg.logs_dir().display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TrainPostprocessor { config, set } => {
+            let job = oml::pipeline::PostprocessorJob::from_file(&config, &set)?;
+            let r = oml::pipeline::train_postprocessor(&job)?;
+            match r.validations.last() {
+                Some(v) => {
+                    let keys = ["OVERALL/cmc/1", "OVERALL/cmc/5", "OVERALL/map/5"];
+                    let cells: Vec<String> = keys
+                        .iter()
+                        .filter_map(|k| {
+                            Some(format!(
+                                "{} {:.4} -> {:.4}",
+                                k.trim_start_matches("OVERALL/"),
+                                v.before.get(*k)?,
+                                v.after.get(*k)?
+                            ))
+                        })
+                        .collect();
+                    println!(
+                        "re-ranking the top {} after {} steps: {}",
+                        job.fit.top_n,
+                        r.steps,
+                        cells.join(", ")
+                    );
+                }
+                None => println!("{} steps; no validation rows in the CSV", r.steps),
+            }
+            println!("outputs in {}", job.logs_dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate {

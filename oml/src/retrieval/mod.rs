@@ -12,6 +12,7 @@ pub mod distances;
 pub mod index;
 pub mod postprocess;
 pub mod results;
+pub mod siamese;
 
 pub use distances::{Distance, SearchConfig};
 pub use index::{
@@ -23,6 +24,10 @@ pub use postprocess::{
     RetrievalPostprocessor,
 };
 pub use results::{QueryGalleryInfo, RetrievalResults};
+pub use siamese::{
+    ConcatSiamese, MinedPairs, PairsMiner, PairwiseFitConfig, PairwiseFitReport, SiameseScorer,
+    fit_siamese, rerank_metrics,
+};
 
 /// Reads embeddings as an `f32` `[N, D]` tensor on the CPU: a `.npy` (other float types are
 /// converted) or a `.parquet` with an `embedding` list column (as `oml embed` writes), with a clear

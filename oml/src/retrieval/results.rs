@@ -596,11 +596,7 @@ impl RetrievalResults {
 
     /// The same results with other item ids for queries and gallery (what a retrieval grid
     /// draws: item `query_ids[q]` and `gallery_ids[g]` of its image source).
-    pub(crate) fn with_item_ids(
-        &self,
-        query_ids: Vec<usize>,
-        gallery_ids: Vec<usize>,
-    ) -> Result<Self> {
+    pub fn with_item_ids(&self, query_ids: Vec<usize>, gallery_ids: Vec<usize>) -> Result<Self> {
         if query_ids.len() != self.n_queries() {
             return Err(Error::Msg(format!(
                 "{} query ids for {} queries",
