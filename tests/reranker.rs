@@ -212,7 +212,10 @@ fn concat_siamese_matches_oml_on_vit_and_resnet() {
     let mut s = ConcatSiamese::new(backbone("resnet_basic_small"), &[8], 0).expect("siamese");
     let other = ConcatSiamese::new(backbone("resnet_basic_small"), &[16], 0).expect("siamese");
     let e = s.set_state_dict(&other.state_dict()).expect_err("sizes");
-    assert!(e.to_string().contains("head.0.weight"), "{e}");
+    assert!(
+        e.to_string().contains("`head.0.bias` is [16]") && e.to_string().contains("needs [8]"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -789,13 +789,29 @@ fn every_pml_loss_trains_a_few_steps_from_its_config() {
         "name: cosface\nmargin: 0.35\nscale: 64",
         "name: sub_center_arcface\nmargin: 28.6\nscale: 64\nsub_centers: 3",
         "name: triplet_with_miner\nmargin: 0.2\nminer: {name: batch_hard}",
+        "name: arcface\nmlp_features: [16]",
     ];
-    for yaml in configs {
+    // A category sampler too (the glyphs' `category` is their script; one has a single letter,
+    // hence resampling).
+    let samplers = [
+        SamplerConfig::balance(4, 2),
+        SamplerConfig::CategoryBalance {
+            n_categories: 1,
+            n_labels: 2,
+            n_instances: 2,
+            resample_labels: true,
+            weight_categories: true,
+        },
+    ];
+    for (i, yaml) in configs.iter().enumerate() {
         let loss: Loss = serde_norway::from_str(yaml).expect(yaml);
         let model = tiny_vit(Precision::F32);
         let before = flat_weights(&model);
         let t = Trainer::builder(model, &train, loss)
-            .config(quick_cfg(3))
+            .config(FitConfig {
+                sampler: samplers[i % samplers.len()].clone(),
+                ..quick_cfg(3)
+            })
             .build()
             .unwrap_or_else(|e| panic!("{yaml}: {e}"));
         let r = t.fit().unwrap_or_else(|e| panic!("{yaml}: {e}"));

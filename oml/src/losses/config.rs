@@ -514,6 +514,17 @@ impl CriterionConfig {
         }
     }
 
+    /// `ArcFaceLossWithMLP`: an MLP of `mlp_features` between the embeddings and ArcFace (OML's
+    /// defaults m 0.5, s 64).
+    pub fn arcface_with_mlp(mlp_features: &[usize]) -> Self {
+        CriterionConfig::Arcface {
+            m: arc_m(),
+            s: arc_s(),
+            smoothing_epsilon: 0.0,
+            mlp_features: mlp_features.to_vec(),
+        }
+    }
+
     /// `SurrogatePrecision(k)` with OML's temperatures.
     pub fn surrogate_precision(k: usize) -> Self {
         CriterionConfig::SurrogatePrecision {

@@ -28,7 +28,7 @@ use crate::losses::miners::{AllTripletsMiner, HardTripletsMiner, IndexMiner, dis
 use crate::metrics::Metrics;
 use crate::models::Extractor;
 use crate::samplers::SamplerConfig;
-use crate::train::{OptimizerKind, ParamGroup};
+use crate::train::{OptimizerKind, ParamGroup, Schedule};
 use crate::{Error, Model, Result};
 
 /// OML's `ConcatSiamese(extractor, mlp_hidden_dims, use_tta)`: `x = cat([x1, x2], height)`,
@@ -146,7 +146,9 @@ impl ConcatSiamese {
                 )));
             }
         }
-        for (k, v) in &self.head {
+        let mut expected: Vec<(&String, &Tensor)> = self.head.iter().collect();
+        expected.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in expected {
             let Some(new) = head.get(k) else {
                 return Err(Error::Msg(format!("the head's `{k}` is missing")));
             };
@@ -241,10 +243,14 @@ impl ConcatSiamese {
     /// [`PairwiseReranker`], images prepared by the backbone's transform.
     pub fn scorer(&self, dataset: &ImageQueryGalleryLabeledDataset) -> Result<SiameseScorer> {
         let device = self.backbone.device()?;
+        // Each query meets top-n gallery items: decoded images are kept for the scorer's life.
         let loader = ImageLoader::from_dataset(
             dataset,
             self.backbone.transform().clone(),
-            LoaderConfig::default(),
+            LoaderConfig {
+                cache: true,
+                ..LoaderConfig::default()
+            },
         )?;
         Ok(SiameseScorer {
             net: self.build(&device)?,
@@ -455,6 +461,8 @@ pub struct PairwiseFitConfig {
     pub sampler: SamplerConfig,
     /// The optimiser (default AdamW 1e-4).
     pub optimizer: OptimizerKind,
+    /// The learning rate over the run's steps (default constant).
+    pub scheduler: Schedule,
     /// Epochs with the backbone frozen (only the head trains), as OML's `freeze_n_epochs`.
     pub freeze_n_epochs: usize,
     /// Hardest pairs (OML's default) or every pair of each batch.
@@ -475,6 +483,7 @@ impl Default for PairwiseFitConfig {
             max_steps: None,
             sampler: SamplerConfig::balance(8, 4),
             optimizer: OptimizerKind::adamw(1e-4),
+            scheduler: Schedule::default(),
             freeze_n_epochs: 0,
             hard_pairs_mining: true,
             top_n: 5,
@@ -497,6 +506,13 @@ impl PairwiseFitConfig {
             ));
         }
         self.optimizer.validate()?;
+        self.scheduler.validate()?;
+        if matches!(self.scheduler, Schedule::Plateau { .. }) {
+            return Err(Error::config(
+                "scheduler",
+                "plateau is not supported for the re-ranker (a schedule over steps is)",
+            ));
+        }
         Ok(())
     }
 }
@@ -636,6 +652,7 @@ pub fn fit_siamese(
         hard_mining: cfg.hard_pairs_mining,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xd80_9047);
+    let total = sampler.len() * cfg.max_epochs;
     let mut report = PairwiseFitReport {
         steps: 0,
         epochs: 0,
@@ -683,7 +700,9 @@ pub fn fit_siamese(
                 )));
             }
             let grads = loss.backward()?;
-            optimizer.step(&grads, cfg.optimizer.lr(), 1.0)?;
+            let lr = cfg.optimizer.lr() * cfg.scheduler.factor(report.steps, total);
+            optimizer.set_momentum(cfg.scheduler.momentum(report.steps, total));
+            optimizer.step(&grads, lr, 1.0)?;
             report.steps += 1;
             report.losses.push(value);
             if report.steps.is_multiple_of(cfg.log_every_steps.max(1)) {

@@ -71,6 +71,33 @@ impl SamplerConfig {
         }
     }
 
+    /// `CategoryBalanceSampler(n_categories, n_labels, n_instances)` with OML's defaults (no
+    /// label resampling, categories weighted by their number of labels).
+    pub fn category_balance(n_categories: usize, n_labels: usize, n_instances: usize) -> Self {
+        SamplerConfig::CategoryBalance {
+            n_categories,
+            n_labels,
+            n_instances,
+            resample_labels: false,
+            weight_categories: true,
+        }
+    }
+
+    /// `DistinctCategoryBalanceSampler(n_categories, n_labels, n_instances, epoch_size)`.
+    pub fn distinct_category_balance(
+        n_categories: usize,
+        n_labels: usize,
+        n_instances: usize,
+        epoch_size: usize,
+    ) -> Self {
+        SamplerConfig::DistinctCategoryBalance {
+            n_categories,
+            n_labels,
+            n_instances,
+            epoch_size,
+        }
+    }
+
     /// Images per batch.
     pub fn batch_size(&self) -> usize {
         match self {
