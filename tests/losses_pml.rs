@@ -136,20 +136,20 @@ fn run_loss(case: &Value) -> oml::Result<(LossOutput, Var, Option<Var>)> {
     let dim = u(params, "embedding_size", 0);
     let out = match name {
         "ContrastiveLoss" => {
-            ContrastiveLoss::new(f(params, "pos_margin", 0.0), f(params, "neg_margin", 1.0))
+            ContrastiveLoss::new(f(params, "pos_margin", 0.0), f(params, "neg_margin", 1.0))?
                 .forward_indices(x, &labels, ix)?
         }
         "MultiSimilarityLoss" => MultiSimilarityLoss::new(
             f(params, "alpha", 2.0),
             f(params, "beta", 50.0),
             f(params, "base", 0.5),
-        )
+        )?
         .forward_indices(x, &labels, ix)?,
         "SupConLoss" => {
-            SupConLoss::new(f(params, "temperature", 0.1)).forward_indices(x, &labels, ix)?
+            SupConLoss::new(f(params, "temperature", 0.1))?.forward_indices(x, &labels, ix)?
         }
         "NTXentLoss" => {
-            NTXentLoss::new(f(params, "temperature", 0.07)).forward_indices(x, &labels, ix)?
+            NTXentLoss::new(f(params, "temperature", 0.07))?.forward_indices(x, &labels, ix)?
         }
         "ProxyAnchorLoss" => ProxyAnchorLoss::new(
             n_classes,
@@ -336,6 +336,11 @@ fn pml_losses_train_from_configs_and_refuse_bad_values() {
         .validate()
         .expect_err("semihard");
     assert!(err.to_string().contains("semihard"), "{err}");
+    let err = yaml("name: supcon\nminer: {name: all_triplets, max_output_triplets: 10}")
+        .validate()
+        .expect_err("cap");
+    assert!(err.to_string().contains("max_output_triplets"), "{err}");
+    assert!(oml::losses::NTXentLoss::new(0.0).is_err());
     let err = serde_norway::from_str::<CriterionConfig>("name: proxy_anchr").expect_err("unknown");
     assert!(
         err.to_string().contains("proxy_anchor") && err.to_string().contains("ntxent"),

@@ -937,7 +937,8 @@ fn early_stopping_ends_a_run_whose_metric_stalls_and_tensorboard_reads_its_histo
     let logs = data.path().join("run");
     // A learning rate too small to change any retrieval: the metric stays where it started.
     let t = trainer(&table, Some(logs.clone()), 1e-12, 8);
-    t.set_early_stopping_patience(Some(2));
+    t.set_early_stopping_patience(Some(2)).expect("patience");
+    assert!(t.set_early_stopping_patience(Some(0)).is_err());
     let r = t.fit().expect("fit");
     assert_eq!(r.ending, Ending::EarlyStopped);
     // Best after epoch 0, no better after epochs 1 and 2: stopped after 3 of 8 epochs.

@@ -217,6 +217,39 @@ fn key_sets() -> (Vec<String>, Vec<String>) {
     (job, fit)
 }
 
+/// Applies `key=value` overrides to a config. Values of `path_keys` given as relative paths are
+/// relative to the current folder (the command line's), not to the config's.
+fn apply_overrides(
+    value: &mut serde_norway::Value,
+    overrides: &[String],
+    path_keys: &[&str],
+) -> Result<()> {
+    for o in overrides {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| Error::Msg(format!("--set {o}: expected key=value")))?;
+        let (k, mut v) = (k.trim(), v.trim().to_owned());
+        if path_keys.contains(&k)
+            && !v.starts_with("zoo:")
+            && v != "random"
+            && Path::new(&v).is_relative()
+            && let Ok(cwd) = std::env::current_dir()
+        {
+            v = cwd.join(&v).to_string_lossy().into_owned();
+        }
+        set_key(value, k, &v)?;
+    }
+    Ok(())
+}
+
+/// The CSV's path: `dataframe` under `dataset_root` when relative.
+fn csv_path(dataset_root: &Option<PathBuf>, dataframe: &Path) -> PathBuf {
+    match dataset_root {
+        Some(r) if dataframe.is_relative() => r.join(dataframe),
+        _ => dataframe.to_path_buf(),
+    }
+}
+
 /// Sets `a.b.c = value` (the value read as YAML) in a YAML mapping.
 fn set_key(root: &mut serde_norway::Value, key: &str, value: &str) -> Result<()> {
     let parsed: serde_norway::Value = serde_norway::from_str(value)
@@ -316,26 +349,11 @@ impl JobConfig {
         if value.is_null() {
             value = serde_norway::Value::Mapping(Default::default());
         }
-        for o in overrides {
-            let (k, v) = o
-                .split_once('=')
-                .ok_or_else(|| Error::Msg(format!("--set {o}: expected key=value")))?;
-            let (k, mut v) = (k.trim(), v.trim().to_owned());
-            // Paths given on the command line are relative to the current folder, not the file.
-            let is_path = matches!(
-                k,
-                "dataset_root" | "dataframe" | "logs_dir" | "model.weights"
-            );
-            if is_path
-                && !v.starts_with("zoo:")
-                && v != "random"
-                && Path::new(&v).is_relative()
-                && let Ok(cwd) = std::env::current_dir()
-            {
-                v = cwd.join(&v).to_string_lossy().into_owned();
-            }
-            set_key(&mut value, k, &v)?;
-        }
+        apply_overrides(
+            &mut value,
+            overrides,
+            &["dataset_root", "dataframe", "logs_dir", "model.weights"],
+        )?;
         let Some(map) = value.as_mapping() else {
             return Err(Error::Msg("a config is a mapping of keys to values".into()));
         };
@@ -412,10 +430,7 @@ impl JobConfig {
 
     /// The CSV's path.
     pub fn dataframe_path(&self) -> PathBuf {
-        match &self.dataset_root {
-            Some(r) if self.dataframe.is_relative() => r.join(&self.dataframe),
-            _ => self.dataframe.clone(),
-        }
+        csv_path(&self.dataset_root, &self.dataframe)
     }
 
     /// Where outputs go.
@@ -1102,12 +1117,20 @@ impl PostprocessorJob {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
         let mut value: serde_norway::Value = serde_norway::from_str(&text)
             .map_err(|e| Error::Msg(format!("{}: not a YAML config: {e}", path.display())))?;
-        for o in overrides {
-            let (k, v) = o
-                .split_once('=')
-                .ok_or_else(|| Error::Msg(format!("--set {o}: expected key=value")))?;
-            set_key(&mut value, k.trim(), v.trim())?;
+        if value.is_null() {
+            value = serde_norway::Value::Mapping(Default::default());
         }
+        apply_overrides(
+            &mut value,
+            overrides,
+            &[
+                "dataset_root",
+                "dataframe",
+                "logs_dir",
+                "extractor.weights",
+                "pairwise_model.extractor.weights",
+            ],
+        )?;
         let Some(map) = value.as_mapping() else {
             return Err(Error::Msg("a config is a mapping of keys to values".into()));
         };
@@ -1203,10 +1226,7 @@ impl PostprocessorJob {
     }
 
     fn csv(&self) -> PathBuf {
-        match &self.dataset_root {
-            Some(r) if self.dataframe.is_relative() => r.join(&self.dataframe),
-            _ => self.dataframe.clone(),
-        }
+        csv_path(&self.dataset_root, &self.dataframe)
     }
 
     fn check(&self) -> Result<()> {
@@ -1265,6 +1285,11 @@ pub fn train_postprocessor(job: &PostprocessorJob) -> Result<crate::retrieval::P
     } else {
         Some(ImageQueryGalleryLabeledDataset::from_table(table)?)
     };
+    // The sampler is checked against the labels before any image is embedded.
+    job.fit
+        .sampler
+        .build(&train, job.fit.seed)
+        .map_err(|e| e.at("sampler"))?;
     let first = job.model(&job.extractor)?;
     println!(
         "first stage: embedding {} training and {} validation images with {}",

@@ -5,6 +5,7 @@
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::pml::TakesMiner;
 use super::pml_miners::OmlIndexMiner;
 use super::{
     AllTripletsMiner, ArcFaceLoss, ArcFaceLossWithMLP, BatchEasyHardMiner, BatchHardMiner,
@@ -72,7 +73,7 @@ pub enum MinerConfig {
         allowed_neg_range: Option<(f64, f64)>,
     },
     /// PML's `TripletMarginMiner`: the triplets whose margin `d(a, n) - d(a, p)` is at most
-    /// `margin` (`all`), and below 0 (`hard`), above 0 (`semihard`), or above `margin` (`easy`).
+    /// `margin` (`all`), and at most 0 (`hard`), above 0 (`semihard`), or above `margin` (`easy`).
     TripletMargin {
         /// The margin (0.2).
         #[serde(default = "tm_margin")]
@@ -172,11 +173,17 @@ impl MinerConfig {
             } => Box::new(triplet_margin_miner(*margin, *type_of_triplets)?),
             MinerConfig::MultiSimilarity { epsilon } => Box::new(multi_similarity_miner(*epsilon)?),
             MinerConfig::AllTriplets {
-                max_output_triplets,
-            } => Box::new(OmlIndexMiner(Box::new(AllTripletsMiner::new(
-                *max_output_triplets,
-                seed,
-            )))),
+                max_output_triplets: Some(_),
+            } => {
+                return Err(Error::config(
+                    "max_output_triplets",
+                    "a capped all_triplets draws a random subset and keeps a counter that only \
+                     triplet_with_miner saves with a checkpoint; with this loss leave the cap out",
+                ));
+            }
+            MinerConfig::AllTriplets {
+                max_output_triplets: None,
+            } => Box::new(OmlIndexMiner(Box::new(AllTripletsMiner::new(None, seed)))),
             MinerConfig::HardTriplets => Box::new(OmlIndexMiner(Box::new(HardTripletsMiner))),
             MinerConfig::NHardTriplets {
                 n_positive,
@@ -188,13 +195,16 @@ impl MinerConfig {
             MinerConfig::HardCluster
             | MinerConfig::MinerWithBank { .. }
             | MinerConfig::TripletMinerWithMemory { .. } => {
+                let what = match self {
+                    MinerConfig::HardCluster => "returns per-label means, not rows of the batch",
+                    _ => "mines from a memory bank beyond the batch's rows",
+                };
                 return Err(Error::config(
                     "name",
                     format!(
-                        "`{}` mines beyond the batch's rows and works only with the loss \
-                         `triplet_with_miner`; with this loss use batch_hard, batch_easy_hard, \
-                         triplet_margin, multi_similarity, all_triplets, hard_triplets or \
-                         n_hard_triplets",
+                        "`{}` {what}: it works only with the loss `triplet_with_miner`; with this \
+                         loss use batch_hard, batch_easy_hard, triplet_margin, multi_similarity, \
+                         all_triplets, hard_triplets or n_hard_triplets",
                         self.name()
                     ),
                 ));
@@ -601,7 +611,8 @@ impl CriterionConfig {
     }
 
     /// The same loss with `miner` (the triplet loss's miner replaced; PML's losses take its
-    /// pairs or weights). Refused by `validate` for losses that take no miner.
+    /// pairs or weights). ArcFace and surrogate precision take no miner: for them this changes
+    /// nothing.
     pub fn with_miner(mut self, miner: MinerConfig) -> Self {
         match &mut self {
             CriterionConfig::TripletWithMiner { miner: m, .. } => *m = miner,
@@ -819,83 +830,50 @@ impl CriterionConfig {
                 pos_margin,
                 neg_margin,
                 miner,
-            } => {
-                let loss = ContrastiveLoss::new(*pos_margin, *neg_margin);
-                match Self::pml_miner(miner, ctx.seed)? {
-                    Some(m) => Box::new(loss.with_miner(m)),
-                    None => Box::new(loss),
-                }
-            }
+            } => ContrastiveLoss::new(*pos_margin, *neg_margin)?
+                .boxed_with(Self::pml_miner(miner, ctx.seed)?),
             CriterionConfig::MultiSimilarity {
                 alpha,
                 beta,
                 base,
                 miner,
-            } => {
-                let loss = MultiSimilarityLoss::new(*alpha, *beta, *base);
-                match Self::pml_miner(miner, ctx.seed)? {
-                    Some(m) => Box::new(loss.with_miner(m)),
-                    None => Box::new(loss),
-                }
-            }
+            } => MultiSimilarityLoss::new(*alpha, *beta, *base)?
+                .boxed_with(Self::pml_miner(miner, ctx.seed)?),
             CriterionConfig::SupCon { temperature, miner } => {
-                let loss = SupConLoss::new(*temperature);
-                match Self::pml_miner(miner, ctx.seed)? {
-                    Some(m) => Box::new(loss.with_miner(m)),
-                    None => Box::new(loss),
-                }
+                SupConLoss::new(*temperature)?.boxed_with(Self::pml_miner(miner, ctx.seed)?)
             }
             CriterionConfig::NtXent { temperature, miner } => {
-                let loss = NTXentLoss::new(*temperature);
-                match Self::pml_miner(miner, ctx.seed)? {
-                    Some(m) => Box::new(loss.with_miner(m)),
-                    None => Box::new(loss),
-                }
+                NTXentLoss::new(*temperature)?.boxed_with(Self::pml_miner(miner, ctx.seed)?)
             }
             CriterionConfig::ProxyAnchor {
                 margin,
                 alpha,
                 miner,
                 ..
-            } => {
-                let loss = ProxyAnchorLoss::new(ctx.n_labels, ctx.feat_dim, *margin, *alpha, vb)?;
-                match Self::pml_miner(miner, ctx.seed)? {
-                    Some(m) => Box::new(loss.with_miner(m)),
-                    None => Box::new(loss),
-                }
-            }
+            } => ProxyAnchorLoss::new(ctx.n_labels, ctx.feat_dim, *margin, *alpha, vb)?
+                .boxed_with(Self::pml_miner(miner, ctx.seed)?),
             CriterionConfig::CosFace {
                 margin,
                 scale,
                 miner,
                 ..
-            } => {
-                let loss = CosFaceLoss::new(ctx.n_labels, ctx.feat_dim, *margin, *scale, vb)?;
-                match Self::pml_miner(miner, ctx.seed)? {
-                    Some(m) => Box::new(loss.with_miner(m)),
-                    None => Box::new(loss),
-                }
-            }
+            } => CosFaceLoss::new(ctx.n_labels, ctx.feat_dim, *margin, *scale, vb)?
+                .boxed_with(Self::pml_miner(miner, ctx.seed)?),
             CriterionConfig::SubCenterArcface {
                 margin,
                 scale,
                 sub_centers,
                 miner,
                 ..
-            } => {
-                let loss = SubCenterArcFaceLoss::new(
-                    ctx.n_labels,
-                    ctx.feat_dim,
-                    *margin,
-                    *scale,
-                    *sub_centers,
-                    vb,
-                )?;
-                match Self::pml_miner(miner, ctx.seed)? {
-                    Some(m) => Box::new(loss.with_miner(m)),
-                    None => Box::new(loss),
-                }
-            }
+            } => SubCenterArcFaceLoss::new(
+                ctx.n_labels,
+                ctx.feat_dim,
+                *margin,
+                *scale,
+                *sub_centers,
+                vb,
+            )?
+            .boxed_with(Self::pml_miner(miner, ctx.seed)?),
         })
     }
 
@@ -917,16 +895,16 @@ impl CriterionConfig {
                 miner,
             } => format!(
                 "contrastive loss (margins {pos_margin}/{neg_margin}{})",
-                miner_note(miner)
+                miner_note(miner, ", ", "")
             ),
             CriterionConfig::MultiSimilarity { miner, .. } => {
-                format!("multi-similarity loss{}", paren(miner))
+                format!("multi-similarity loss{}", miner_note(miner, " (", ")"))
             }
             CriterionConfig::SupCon { temperature, miner } => {
-                format!("SupCon (t {temperature}{})", miner_note(miner))
+                format!("SupCon (t {temperature}{})", miner_note(miner, ", ", ""))
             }
             CriterionConfig::NtXent { temperature, miner } => {
-                format!("NT-Xent (t {temperature}{})", miner_note(miner))
+                format!("NT-Xent (t {temperature}{})", miner_note(miner, ", ", ""))
             }
             CriterionConfig::ProxyAnchor { margin, alpha, .. } => {
                 format!("Proxy-Anchor (margin {margin}, alpha {alpha})")
@@ -944,16 +922,10 @@ impl CriterionConfig {
     }
 }
 
-fn miner_note(miner: &Option<MinerConfig>) -> String {
+/// The miner's name between `open` and `close`, or nothing.
+fn miner_note(miner: &Option<MinerConfig>, open: &str, close: &str) -> String {
     miner
         .as_ref()
-        .map(|m| format!(", {}", m.name()))
-        .unwrap_or_default()
-}
-
-fn paren(miner: &Option<MinerConfig>) -> String {
-    miner
-        .as_ref()
-        .map(|m| format!(" ({})", m.name()))
+        .map(|m| format!("{open}{}{close}", m.name()))
         .unwrap_or_default()
 }

@@ -34,7 +34,7 @@ pub use miners::{
 };
 pub use pml::{
     ContrastiveLoss, CosFaceLoss, MultiSimilarityLoss, NTXentLoss, ProxyAnchorLoss,
-    SubCenterArcFaceLoss, SupConLoss,
+    SubCenterArcFaceLoss, SupConLoss, TakesMiner,
 };
 pub use pml_miners::{
     BatchEasyHardMiner, BatchHardMiner, Indices, MultiSimilarityMiner, Pairs, PmlMiner, Strategy,

@@ -17,23 +17,14 @@ use std::collections::BTreeMap;
 use candle_core::{D, DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::pml_miners::{Indices, Pairs, PmlMiner, cosine_similarity, l2_normalise, lp_distance};
+use super::pml_miners::{
+    Indices, Pairs, PmlMiner, check_batch, cosine_similarity, l2_normalise, lp_distance,
+};
 use super::{Criterion, LossOutput};
 use crate::{Error, Result};
 
 /// PML's `small_val` (the smallest normal f32).
 const TINY: f32 = f32::MIN_POSITIVE;
-
-fn check_batch(features: &Tensor, labels: &[i64]) -> Result<usize> {
-    let (b, _) = features.dims2()?;
-    if b != labels.len() {
-        return Err(Error::Msg(format!(
-            "{b} embeddings but {} labels",
-            labels.len()
-        )));
-    }
-    Ok(b)
-}
 
 /// PML's zero loss: `sum(embeddings * 0)` (a zero that keeps the graph).
 fn zero_loss(features: &Tensor) -> Result<Tensor> {
@@ -149,12 +140,24 @@ fn check_indices(indices: Option<&Indices>, b: usize) -> Result<()> {
     Ok(())
 }
 
+/// A PML loss that takes a miner: its pairs, or weights for its samples (PML's `indices_tuple`).
+pub trait TakesMiner: Criterion + Sized + 'static {
+    /// The loss with `miner`.
+    fn with_miner(self, miner: Box<dyn PmlMiner>) -> Self;
+
+    /// The loss as a criterion, with `miner` when given.
+    fn boxed_with(self, miner: Option<Box<dyn PmlMiner>>) -> Box<dyn Criterion> {
+        match miner {
+            Some(m) => Box::new(self.with_miner(m)),
+            None => Box::new(self),
+        }
+    }
+}
+
 macro_rules! miner_criterion {
     ($t:ty) => {
-        impl $t {
-            /// The loss with `miner` picking its pairs, or weighting its samples (PML's
-            /// `indices_tuple`).
-            pub fn with_miner(mut self, miner: Box<dyn PmlMiner>) -> Self {
+        impl TakesMiner for $t {
+            fn with_miner(mut self, miner: Box<dyn PmlMiner>) -> Self {
                 self.miner = Some(miner);
                 self
             }
@@ -184,13 +187,15 @@ pub struct ContrastiveLoss {
 }
 
 impl ContrastiveLoss {
-    /// The loss over every pair of a batch.
-    pub fn new(pos_margin: f64, neg_margin: f64) -> Self {
-        ContrastiveLoss {
+    /// The loss over every pair of a batch; the margins must be finite.
+    pub fn new(pos_margin: f64, neg_margin: f64) -> Result<Self> {
+        check_finite("pos_margin", pos_margin)?;
+        check_finite("neg_margin", neg_margin)?;
+        Ok(ContrastiveLoss {
             pos_margin,
             neg_margin,
             miner: None,
-        }
+        })
     }
 
     /// The loss over the pairs of `indices` (every pair when `None`).
@@ -239,14 +244,17 @@ pub struct MultiSimilarityLoss {
 }
 
 impl MultiSimilarityLoss {
-    /// The loss over every pair of a batch.
-    pub fn new(alpha: f64, beta: f64, base: f64) -> Self {
-        MultiSimilarityLoss {
+    /// The loss over every pair of a batch; `alpha`, `beta` > 0.
+    pub fn new(alpha: f64, beta: f64, base: f64) -> Result<Self> {
+        check_positive("alpha", alpha)?;
+        check_positive("beta", beta)?;
+        check_finite("base", base)?;
+        Ok(MultiSimilarityLoss {
             alpha,
             beta,
             base,
             miner: None,
-        }
+        })
     }
 
     /// The loss over the pairs of `indices` (every pair when `None`).
@@ -290,12 +298,13 @@ pub struct SupConLoss {
 }
 
 impl SupConLoss {
-    /// The loss over every pair of a batch.
-    pub fn new(temperature: f64) -> Self {
-        SupConLoss {
+    /// The loss over every pair of a batch; `temperature` > 0.
+    pub fn new(temperature: f64) -> Result<Self> {
+        check_positive("temperature", temperature)?;
+        Ok(SupConLoss {
             temperature,
             miner: None,
-        }
+        })
     }
 
     /// The loss over the pairs of `indices` (every pair when `None`).
@@ -346,12 +355,13 @@ pub struct NTXentLoss {
 }
 
 impl NTXentLoss {
-    /// The loss over every pair of a batch.
-    pub fn new(temperature: f64) -> Self {
-        NTXentLoss {
+    /// The loss over every pair of a batch; `temperature` > 0.
+    pub fn new(temperature: f64) -> Result<Self> {
+        check_positive("temperature", temperature)?;
+        Ok(NTXentLoss {
             temperature,
             miner: None,
-        }
+        })
     }
 
     /// The loss over the pairs of `indices` (every pair when `None`).
@@ -447,6 +457,13 @@ fn accuracy(cos: &Tensor, classes: &[usize]) -> Result<f64> {
 fn check_positive(key: &'static str, v: f64) -> Result<()> {
     if !(v.is_finite() && v > 0.0) {
         return Err(Error::param(key, v, "a positive number"));
+    }
+    Ok(())
+}
+
+fn check_finite(key: &'static str, v: f64) -> Result<()> {
+    if !v.is_finite() {
+        return Err(Error::param(key, v, "a finite number"));
     }
     Ok(())
 }

@@ -123,12 +123,29 @@ pub trait PmlMiner: Send + Sync {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices>;
 }
 
-fn check_batch(features: &Tensor, labels: &[i64]) -> Result<usize> {
+/// The batch size of `features` `[B, D]`, checked against the labels; an empty batch is refused.
+pub(crate) fn check_batch(features: &Tensor, labels: &[i64]) -> Result<usize> {
     let (b, _) = features.dims2()?;
     if b != labels.len() {
         return Err(Error::Msg(format!(
             "{b} embeddings but {} labels",
             labels.len()
+        )));
+    }
+    if b == 0 {
+        return Err(Error::Msg("an empty batch: a loss needs embeddings".into()));
+    }
+    Ok(b)
+}
+
+/// Checks that a distance matrix is `[B, B]` for `B` labels.
+fn check_square(mat: &[f32], labels: &[i64]) -> Result<usize> {
+    let b = labels.len();
+    if mat.len() != b * b {
+        return Err(Error::Msg(format!(
+            "a distance matrix of {} values for {b} labels (needs {})",
+            mat.len(),
+            b * b
         )));
     }
     Ok(b)
@@ -294,9 +311,9 @@ impl BatchEasyHardMiner {
     }
 
     /// The pairs from a row-major `[B, B]` distance matrix.
-    pub fn mine_matrix(&self, mat: &[f32], labels: &[i64]) -> Pairs {
+    pub fn mine_matrix(&self, mat: &[f32], labels: &[i64]) -> Result<Pairs> {
         use Strategy::*;
-        let b = labels.len();
+        let b = check_square(mat, labels)?;
         let is_pos = |i: usize, j: usize| i != j && labels[i] == labels[j];
         let is_neg = |i: usize, j: usize| labels[i] != labels[j];
         // Positives: hard/semihard = farthest, easy = closest. Negatives: hard/semihard =
@@ -353,7 +370,7 @@ impl BatchEasyHardMiner {
             }
             (None, None) => out = all,
         }
-        out
+        Ok(out)
     }
 }
 
@@ -361,7 +378,7 @@ impl PmlMiner for BatchEasyHardMiner {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices> {
         check_batch(features, labels)?;
         let mat = to_host(&lp_distance(&features.detach())?)?;
-        Ok(Indices::Pairs(self.mine_matrix(&mat, labels)))
+        Ok(Indices::Pairs(self.mine_matrix(&mat, labels)?))
     }
 }
 
@@ -372,19 +389,19 @@ pub struct BatchHardMiner;
 
 impl BatchHardMiner {
     /// The triplets from a row-major `[B, B]` distance matrix.
-    pub fn mine_matrix(&self, mat: &[f32], labels: &[i64]) -> Triplets {
+    pub fn mine_matrix(&self, mat: &[f32], labels: &[i64]) -> Result<Triplets> {
         let inner = BatchEasyHardMiner {
             pos_strategy: Strategy::Hard,
             neg_strategy: Strategy::Hard,
             allowed_pos_range: None,
             allowed_neg_range: None,
         };
-        let pairs = inner.mine_matrix(mat, labels);
-        Triplets {
+        let pairs = inner.mine_matrix(mat, labels)?;
+        Ok(Triplets {
             anchors: pairs.a1,
             positives: pairs.p,
             negatives: pairs.n,
-        }
+        })
     }
 }
 
@@ -392,7 +409,7 @@ impl PmlMiner for BatchHardMiner {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices> {
         check_batch(features, labels)?;
         let mat = to_host(&lp_distance(&features.detach())?)?;
-        Ok(Indices::Triplets(self.mine_matrix(&mat, labels)))
+        Ok(Indices::Triplets(self.mine_matrix(&mat, labels)?))
     }
 }
 
@@ -403,7 +420,7 @@ pub enum TripletType {
     /// `m <= margin`.
     #[default]
     All,
-    /// `m <= margin` and `m <= 0`.
+    /// `m <= margin` and `m <= 0` (a tie counts as hard).
     Hard,
     /// `0 < m <= margin`.
     Semihard,
@@ -432,8 +449,8 @@ impl Default for TripletMarginMiner {
 
 impl TripletMarginMiner {
     /// The triplets from a row-major `[B, B]` distance matrix.
-    pub fn mine_matrix(&self, mat: &[f32], labels: &[i64]) -> Triplets {
-        let b = labels.len();
+    pub fn mine_matrix(&self, mat: &[f32], labels: &[i64]) -> Result<Triplets> {
+        let b = check_square(mat, labels)?;
         let margin = self.margin as f32;
         let mut t = Triplets::default();
         for a in 0..b {
@@ -460,7 +477,7 @@ impl TripletMarginMiner {
                 }
             }
         }
-        t
+        Ok(t)
     }
 }
 
@@ -468,7 +485,7 @@ impl PmlMiner for TripletMarginMiner {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices> {
         check_batch(features, labels)?;
         let mat = to_host(&lp_distance(&features.detach())?)?;
-        Ok(Indices::Triplets(self.mine_matrix(&mat, labels)))
+        Ok(Indices::Triplets(self.mine_matrix(&mat, labels)?))
     }
 }
 
@@ -489,12 +506,12 @@ impl Default for MultiSimilarityMiner {
 
 impl MultiSimilarityMiner {
     /// The pairs from a row-major `[B, B]` similarity matrix.
-    pub fn mine_matrix(&self, sim: &[f32], labels: &[i64]) -> Pairs {
-        let b = labels.len();
+    pub fn mine_matrix(&self, sim: &[f32], labels: &[i64]) -> Result<Pairs> {
+        let b = check_square(sim, labels)?;
         let all = Pairs::all(labels);
         let mut out = Pairs::default();
         if all.a1.is_empty() || all.a2.is_empty() {
-            return out;
+            return Ok(out);
         }
         let eps = self.epsilon as f32;
         for a in 0..b {
@@ -520,7 +537,7 @@ impl MultiSimilarityMiner {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -528,7 +545,7 @@ impl PmlMiner for MultiSimilarityMiner {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices> {
         check_batch(features, labels)?;
         let sim = to_host(&cosine_similarity(&features.detach())?)?;
-        Ok(Indices::Pairs(self.mine_matrix(&sim, labels)))
+        Ok(Indices::Pairs(self.mine_matrix(&sim, labels)?))
     }
 }
 

@@ -38,14 +38,26 @@ use crate::{Error, Model, Result};
 /// over both orders with `use_tta`.
 ///
 /// Weights: the backbone's under `extractor.`, the head's as OML names them (`head.0.weight`,
-/// `head.0.bias`, `head.3.weight`, ...: linear layer `i` is module `3 i`).
-#[derive(Clone)]
+/// `head.0.bias`, `head.3.weight`, ...: linear layer `i` is module `3 i`). The siamese keeps its own
+/// copy of the backbone's weights: training it leaves the model it was made from as it was.
 pub struct ConcatSiamese {
     backbone: Model,
     head: HashMap<String, Tensor>,
     hidden: Vec<usize>,
     /// Average the scores of both orders (`(x1, x2)` and `(x2, x1)`) when predicting.
     pub use_tta: bool,
+}
+
+impl Clone for ConcatSiamese {
+    /// An independent copy (its own backbone weights).
+    fn clone(&self) -> Self {
+        ConcatSiamese {
+            backbone: self.backbone.snapshot(),
+            head: self.head.clone(),
+            hidden: self.hidden.clone(),
+            use_tta: self.use_tta,
+        }
+    }
 }
 
 /// The head's layer sizes `(in, out)` and whether each has a bias.
@@ -84,7 +96,7 @@ impl ConcatSiamese {
             }
         }
         Ok(ConcatSiamese {
-            backbone,
+            backbone: backbone.snapshot(),
             head,
             hidden: mlp_hidden_dims.to_vec(),
             use_tta: false,
@@ -565,38 +577,6 @@ pub fn rerank_metrics(
     Ok((before, after))
 }
 
-fn flat(m: &Metrics) -> BTreeMap<String, f64> {
-    m.to_json()
-        .as_object()
-        .map(|o| {
-            let mut out = BTreeMap::new();
-            flatten_json("", &serde_json::Value::Object(o.clone()), &mut out);
-            out
-        })
-        .unwrap_or_default()
-}
-
-fn flatten_json(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, f64>) {
-    match v {
-        serde_json::Value::Object(o) => {
-            for (k, x) in o {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}/{k}")
-                };
-                flatten_json(&key, x, out);
-            }
-        }
-        serde_json::Value::Number(n) => {
-            if let Some(x) = n.as_f64() {
-                out.insert(prefix.to_owned(), x);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Trains `siamese` as OML's `train_postprocessor` does: batches of `train` from the sampler;
 /// in each, pairs mined from `train_emb` (the first-stage model's embeddings of `train`, one row
 /// per item) with [`PairsMiner`]; binary cross-entropy of the siamese's logits against "the two
@@ -660,6 +640,33 @@ pub fn fit_siamese(
         validations: Vec::new(),
         seconds: 0.0,
     };
+    let validate = |siamese: &mut ConcatSiamese,
+                    net: &SiameseNet,
+                    report: &mut PairwiseFitReport|
+     -> Result<()> {
+        let Some((val, val_emb)) = val else {
+            return Ok(());
+        };
+        let (backbone, head) = net.weights()?;
+        siamese.backbone.set_state_dict(&backbone)?;
+        siamese.head = head;
+        let (before, after) = rerank_metrics(siamese, val, val_emb, cfg.top_n)?;
+        let (before, after) = (before.flat(), after.flat());
+        println!(
+            "re-ranker validation after epoch {} (step {}): cmc@1 {:.4} -> {:.4}",
+            report.epochs.saturating_sub(1),
+            report.steps,
+            before.get("OVERALL/cmc/1").copied().unwrap_or(f64::NAN),
+            after.get("OVERALL/cmc/1").copied().unwrap_or(f64::NAN)
+        );
+        report.validations.push(RerankValidation {
+            epoch: report.epochs,
+            step: report.steps,
+            before,
+            after,
+        });
+        Ok(())
+    };
     'run: for epoch in 0..cfg.max_epochs {
         let frozen = epoch < cfg.freeze_n_epochs;
         optimizer.groups[0].frozen = frozen;
@@ -714,28 +721,18 @@ pub fn fit_siamese(
             }
         }
         report.epochs = epoch + 1;
-        let last = epoch + 1 == cfg.max_epochs;
         let every = cfg.valid_every_epochs;
-        if let Some((val, val_emb)) = val
-            && (last || (every > 0 && (epoch + 1).is_multiple_of(every)))
-        {
-            let (backbone, head) = net.weights()?;
-            siamese.backbone.set_state_dict(&backbone)?;
-            siamese.head = head;
-            let (before, after) = rerank_metrics(siamese, val, val_emb, cfg.top_n)?;
-            let (before, after) = (flat(&before), flat(&after));
-            println!(
-                "re-ranker validation after epoch {epoch}: cmc@1 {:.4} -> {:.4}",
-                before.get("OVERALL/cmc/1").copied().unwrap_or(f64::NAN),
-                after.get("OVERALL/cmc/1").copied().unwrap_or(f64::NAN)
-            );
-            report.validations.push(RerankValidation {
-                epoch: epoch + 1,
-                step: report.steps,
-                before,
-                after,
-            });
+        if every > 0 && (epoch + 1).is_multiple_of(every) && epoch + 1 < cfg.max_epochs {
+            validate(siamese, &net, &mut report)?;
         }
+    }
+    // The weights a run ends with are always validated (after the last epoch or a step budget).
+    if report
+        .validations
+        .last()
+        .is_none_or(|v| v.step != report.steps)
+    {
+        validate(siamese, &net, &mut report)?;
     }
     let (backbone, head) = net.weights()?;
     siamese.backbone.set_state_dict(&backbone)?;

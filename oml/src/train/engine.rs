@@ -406,7 +406,13 @@ impl<'a> Engine<'a> {
                 if self.run.step == 0 && self.run.epoch == 0 && self.run.batch_in_epoch == 0 {
                     clear_event_files(&tb)?;
                 }
-                self.tb = Some(super::tensorboard::EventWriter::create(&tb)?);
+                let mut writer = super::tensorboard::EventWriter::create(&tb)?;
+                if self.run.step > 0 {
+                    // TensorBoard drops the older files' points past a session start: the steps
+                    // a resumed run repeats are shown once.
+                    writer.session_start(self.run.step + 1)?;
+                }
+                self.tb = Some(writer);
             }
         }
         let loader = ImageLoader::new(
@@ -444,6 +450,21 @@ impl<'a> Engine<'a> {
         let ending = 'run: loop {
             if self.run.epoch >= cfg.max_epochs {
                 break 'run Ending::Completed;
+            }
+            // Checked here, not only after a validation, so that a resumed run that had stopped
+            // early stops again instead of training another epoch.
+            if let Some(patience) = cfg.early_stopping_patience
+                && self.run.plateau.stale >= patience
+            {
+                println!(
+                    "stopping early: {} has not improved in {} validations (best {:.4} after \
+                     epoch {})",
+                    cfg.checkpoint_metric,
+                    self.run.plateau.stale,
+                    self.run.best.map_or(f64::NAN, |b| b.0),
+                    self.run.best.map_or(0, |b| b.1)
+                );
+                break 'run Ending::EarlyStopped;
             }
             let frozen = self.run.epoch < cfg.freeze_backbone_epochs;
             self.optimizer.groups[0].frozen = frozen;
@@ -643,20 +664,6 @@ impl<'a> Engine<'a> {
                 self.checkpoint(dir)?;
                 last_set = Instant::now();
                 set_at = Some(self.run.step);
-            }
-            if let Some(patience) = cfg.early_stopping_patience
-                && self.run.plateau.stale >= patience
-                && self.run.epoch < cfg.max_epochs
-            {
-                println!(
-                    "stopping early: {} has not improved in {} validations (best {:.4} after \
-                     epoch {})",
-                    cfg.checkpoint_metric,
-                    self.run.plateau.stale,
-                    self.run.best.map_or(f64::NAN, |b| b.0),
-                    self.run.best.map_or(0, |b| b.1)
-                );
-                break 'run Ending::EarlyStopped;
             }
         };
         // The end of a run always leaves a set of where it ended.

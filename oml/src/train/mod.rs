@@ -79,7 +79,9 @@ pub struct FitConfig {
     pub clip_grad_norm: Option<f64>,
     /// Validate every this many epochs (0: never; the last epoch always validates).
     pub valid_every_epochs: usize,
-    /// Stop after this many optimiser steps (counted over the whole run).
+    /// Stop after this many steps (batches, counted over the whole run; with
+    /// `accumulate_grad_batches` the run ends at the next update, up to k - 1 batches later).
+    /// Warm-up and schedules count the same steps.
     pub max_steps: Option<usize>,
     /// Stop after this many seconds of training (counted from the start of each `fit`).
     pub max_seconds: Option<f64>,

@@ -514,7 +514,7 @@ pub enum Schedule {
         /// Validations after a reduction before counting again.
         #[serde(default)]
         cooldown: usize,
-        /// The lowest rate (absolute).
+        /// The lowest base rate (absolute; groups with an `lr_scale` keep their ratio to it).
         #[serde(default)]
         min_lr: f64,
         /// Linear warm-up steps.

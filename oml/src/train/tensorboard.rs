@@ -144,6 +144,14 @@ impl EventWriter {
             .map_err(|e| Error::io("cannot write", &self.path, e))
     }
 
+    /// A `SessionLog { status: START }` event at `step`: TensorBoard then discards the points
+    /// of earlier files from `step` on (what a resumed run writes again).
+    pub fn session_start(&mut self, step: usize) -> Result<()> {
+        let mut data = event(now(), step as i64, None, &[]);
+        bytes_field(7, &[0x08, 0x01], &mut data); // Event.session_log { status: START }
+        self.write(&data)
+    }
+
     /// Scalars `(tag, value)` at `step`, as one event. Non-finite values are written as they
     /// are (TensorBoard shows them as gaps).
     pub fn scalars(&mut self, step: usize, scalars: &[(String, f32)]) -> Result<()> {
@@ -228,7 +236,10 @@ pub fn read_scalars(path: &Path) -> Result<Vec<Scalar>> {
         if masked(crc32c(&len_bytes)) != crc {
             return Err(bad(n, "length CRC mismatch"));
         }
-        let len = u64::from_le_bytes(len_bytes) as usize;
+        let len = usize::try_from(u64::from_le_bytes(len_bytes))
+            .ok()
+            .filter(|&l| l <= data.len())
+            .ok_or_else(|| bad(n, "a length beyond the file"))?;
         let body = data
             .get(i + 12..i + 12 + len)
             .ok_or_else(|| bad(n, "truncated data"))?;
@@ -285,6 +296,7 @@ mod tests {
         let mut w = EventWriter::create(&dir).expect("writer");
         w.scalars(3, &[("train/loss".into(), 0.25), ("train/lr".into(), 1e-4)])
             .expect("write");
+        w.session_start(4).expect("session");
         w.scalars(300, &[("valid/OVERALL/cmc/1".into(), 0.5)])
             .expect("write");
         let path = w.path().to_path_buf();

@@ -316,8 +316,15 @@ impl Trainer {
 
     /// Changes early stopping for the next fit: stop after `patience` validations without a
     /// better checkpoint metric (`None`: never).
-    pub fn set_early_stopping_patience(&self, patience: Option<usize>) {
-        lock(&self.inner.cfg).early_stopping_patience = patience.filter(|&p| p > 0);
+    pub fn set_early_stopping_patience(&self, patience: Option<usize>) -> Result<()> {
+        if patience == Some(0) {
+            return Err(Error::config(
+                "early_stopping_patience",
+                "at least 1 (or None to never stop early)",
+            ));
+        }
+        lock(&self.inner.cfg).early_stopping_patience = patience;
+        Ok(())
     }
 
     /// Changes the time budget (seconds, counted from the start of each fit) for the next fit.
@@ -840,6 +847,25 @@ impl TrainerBuilder {
             .build(&train, cfg.seed)
             .map_err(|e| e.at("sampler"))?;
         check_metric_path(&cfg.checkpoint_metric, &cfg.metrics)?;
+        let steered = [
+            (
+                "early_stopping_patience",
+                cfg.early_stopping_patience.is_some(),
+            ),
+            (
+                "scheduler",
+                matches!(cfg.scheduler, super::Schedule::Plateau { .. }),
+            ),
+        ];
+        if let Some((key, _)) = steered.iter().find(|(_, on)| *on)
+            && (val.is_none() || cfg.valid_every_epochs == 0)
+        {
+            return Err(Error::config(
+                *key,
+                "follows the validation metric: give a validation set (`.validate(&val)`, or \
+                 validation rows in the CSV) and valid_every_epochs >= 1",
+            ));
+        }
         if let Some(v) = &val
             && (v.query_ids().is_empty() || v.gallery_ids().is_empty())
         {
