@@ -160,16 +160,7 @@ impl ArcFaceLoss {
             Ok(t.broadcast_div(&n)?)
         };
         let cos = normalise(features)?.matmul(&normalise(&self.weight)?.t()?)?;
-        let pred: Vec<u32> = cos
-            .detach()
-            .argmax(1)?
-            .to_device(&candle_core::Device::Cpu)?
-            .to_vec1()?;
-        let hits = pred
-            .iter()
-            .zip(labels)
-            .filter(|(p, y)| **p as usize == **y)
-            .count();
+        let accuracy = super::accuracy(&cos, labels)?;
         let sin = (1.0 - cos.sqr()?)?.clamp(1e-12f32, 1f32)?.sqrt()?;
         let with_margin = ((&cos * self.cos_m as f64)? - (sin * self.sin_m as f64)?)?;
         let past = (&cos - self.mm as f64)?;
@@ -196,7 +187,7 @@ impl ArcFaceLoss {
             .sum(1)?
             .neg()?;
         let mut logs = BTreeMap::new();
-        logs.insert("accuracy".to_owned(), hits as f64 / b.max(1) as f64);
+        logs.insert("accuracy".to_owned(), accuracy);
         Ok(LossOutput {
             loss: reduce(&per.to_dtype(DType::F32)?, self.reduction)?,
             logs,

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::pml::TakesMiner;
-use super::pml_miners::OmlIndexMiner;
+use super::pml_miners::{OmlIndexMiner, PmlAsTripletMiner};
 use super::{
     AllTripletsMiner, ArcFaceLoss, ArcFaceLossWithMLP, BatchEasyHardMiner, BatchHardMiner,
     ContrastiveLoss, CosFaceLoss, Criterion, HardClusterMiner, HardTripletsMiner, MinerWithBank,
@@ -223,23 +223,12 @@ impl MinerConfig {
     /// The miner (`seed` for the ones that draw at random).
     pub fn build(&self, seed: u64) -> Result<Box<dyn TripletMiner>> {
         Ok(match self {
-            MinerConfig::BatchHard => Box::new(BatchHardMiner),
-            MinerConfig::BatchEasyHard {
-                pos_strategy,
-                neg_strategy,
-                allowed_pos_range,
-                allowed_neg_range,
-            } => Box::new(BatchEasyHardMiner::new(
-                *pos_strategy,
-                *neg_strategy,
-                *allowed_pos_range,
-                *allowed_neg_range,
-            )?),
-            MinerConfig::TripletMargin {
-                margin,
-                type_of_triplets,
-            } => Box::new(triplet_margin_miner(*margin, *type_of_triplets)?),
-            MinerConfig::MultiSimilarity { epsilon } => Box::new(multi_similarity_miner(*epsilon)?),
+            MinerConfig::BatchHard
+            | MinerConfig::BatchEasyHard { .. }
+            | MinerConfig::TripletMargin { .. }
+            | MinerConfig::MultiSimilarity { .. } => {
+                Box::new(PmlAsTripletMiner(self.build_pml(seed)?))
+            }
             MinerConfig::AllTriplets {
                 max_output_triplets,
             } => Box::new(AllTripletsMiner::new(*max_output_triplets, seed)),

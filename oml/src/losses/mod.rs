@@ -178,6 +178,22 @@ pub(crate) fn safe_sqrt(sq: &Tensor) -> Result<Tensor> {
     Ok(positive.where_cond(&safe.sqrt()?, &sq.zeros_like()?)?)
 }
 
+/// The share of rows of `scores` `[B, C]` whose largest entry is their class (the logs'
+/// `accuracy` of the classification losses).
+pub(crate) fn accuracy(scores: &Tensor, classes: &[usize]) -> Result<f64> {
+    let pred: Vec<u32> = scores
+        .detach()
+        .argmax(1)?
+        .to_device(&candle_core::Device::Cpu)?
+        .to_vec1()?;
+    let hits = pred
+        .iter()
+        .zip(classes)
+        .filter(|(p, y)| **p as usize == **y)
+        .count();
+    Ok(hits as f64 / classes.len().max(1) as f64)
+}
+
 /// The mean of a tensor as `f64` (NaN when empty), for logs.
 pub(crate) fn mean_f64(t: &Tensor) -> Result<f64> {
     if t.elem_count() == 0 {

@@ -20,7 +20,7 @@ use candle_nn::{Init, VarBuilder};
 use super::pml_miners::{
     Indices, Pairs, PmlMiner, check_batch, cosine_similarity, l2_normalise, lp_distance,
 };
-use super::{Criterion, LossOutput};
+use super::{Criterion, LossOutput, accuracy};
 use crate::{Error, Result};
 
 /// PML's `small_val` (the smallest normal f32).
@@ -97,6 +97,27 @@ fn mean(losses: &Tensor) -> Result<Tensor> {
 /// The pairs of `indices`, or every pair of the batch (PML's `convert_to_pairs`).
 fn pairs_of(indices: Option<&Indices>, labels: &[i64]) -> Pairs {
     indices.map_or_else(|| Pairs::all(labels), Indices::to_pairs)
+}
+
+/// A pair loss's batch size, pairs (of `indices`, or every pair) and logs, checked.
+fn batch_pairs(
+    features: &Tensor,
+    labels: &[i64],
+    indices: Option<&Indices>,
+) -> Result<(usize, Pairs, BTreeMap<String, f64>)> {
+    let b = check_batch(features, labels)?;
+    check_indices(indices, b)?;
+    let pairs = pairs_of(indices, labels);
+    let logs = pair_logs(&pairs);
+    Ok((b, pairs, logs))
+}
+
+/// PML's zero loss with `logs`.
+fn zero_output(features: &Tensor, logs: BTreeMap<String, f64>) -> Result<LossOutput> {
+    Ok(LossOutput {
+        loss: zero_loss(features)?,
+        logs,
+    })
 }
 
 /// PML's early exit in `GenericPairLoss`: at most one positive and one negative pair.
@@ -205,15 +226,9 @@ impl ContrastiveLoss {
         labels: &[i64],
         indices: Option<&Indices>,
     ) -> Result<LossOutput> {
-        let b = check_batch(features, labels)?;
-        check_indices(indices, b)?;
-        let pairs = pairs_of(indices, labels);
-        let logs = pair_logs(&pairs);
+        let (_, pairs, logs) = batch_pairs(features, labels, indices)?;
         if too_few(&pairs) {
-            return Ok(LossOutput {
-                loss: zero_loss(features)?,
-                logs,
-            });
+            return zero_output(features, logs);
         }
         let dist = lp_distance(features)?;
         let mut total = zero_loss(features)?;
@@ -264,15 +279,9 @@ impl MultiSimilarityLoss {
         labels: &[i64],
         indices: Option<&Indices>,
     ) -> Result<LossOutput> {
-        let b = check_batch(features, labels)?;
-        check_indices(indices, b)?;
-        let pairs = pairs_of(indices, labels);
-        let logs = pair_logs(&pairs);
+        let (b, pairs, logs) = batch_pairs(features, labels, indices)?;
         if too_few(&pairs) {
-            return Ok(LossOutput {
-                loss: zero_loss(features)?,
-                logs,
-            });
+            return zero_output(features, logs);
         }
         let (pos, neg) = pair_masks(&pairs, b)?;
         let sim = cosine_similarity(features)?;
@@ -314,16 +323,10 @@ impl SupConLoss {
         labels: &[i64],
         indices: Option<&Indices>,
     ) -> Result<LossOutput> {
-        let b = check_batch(features, labels)?;
-        check_indices(indices, b)?;
-        let pairs = pairs_of(indices, labels);
-        let logs = pair_logs(&pairs);
+        let (b, pairs, logs) = batch_pairs(features, labels, indices)?;
         let (pos, neg) = pair_masks(&pairs, b)?;
         if too_few(&pairs) || !pos.iter().any(|&v| v) || !neg.iter().any(|&v| v) {
-            return Ok(LossOutput {
-                loss: zero_loss(features)?,
-                logs,
-            });
+            return zero_output(features, logs);
         }
         let sim = (cosine_similarity(features)? / self.temperature)?;
         let sim = sim.broadcast_sub(&sim.max_keepdim(1)?.detach())?;
@@ -371,15 +374,9 @@ impl NTXentLoss {
         labels: &[i64],
         indices: Option<&Indices>,
     ) -> Result<LossOutput> {
-        let b = check_batch(features, labels)?;
-        check_indices(indices, b)?;
-        let pairs = pairs_of(indices, labels);
-        let logs = pair_logs(&pairs);
+        let (_, pairs, logs) = batch_pairs(features, labels, indices)?;
         if too_few(&pairs) || pairs.a1.is_empty() || pairs.a2.is_empty() {
-            return Ok(LossOutput {
-                loss: zero_loss(features)?,
-                logs,
-            });
+            return zero_output(features, logs);
         }
         let sim = cosine_similarity(features)?;
         let pos = (gather(&sim, &pairs.a1, &pairs.p)? / self.temperature)?.unsqueeze(1)?;
@@ -440,20 +437,6 @@ fn one_hot(classes: &[usize], num_classes: usize) -> Vec<bool> {
 }
 
 /// The share of rows whose most similar class is their own.
-fn accuracy(cos: &Tensor, classes: &[usize]) -> Result<f64> {
-    let pred: Vec<u32> = cos
-        .detach()
-        .argmax(1)?
-        .to_device(&candle_core::Device::Cpu)?
-        .to_vec1()?;
-    let hits = pred
-        .iter()
-        .zip(classes)
-        .filter(|(p, y)| **p as usize == **y)
-        .count();
-    Ok(hits as f64 / classes.len().max(1) as f64)
-}
-
 fn check_positive(key: &'static str, v: f64) -> Result<()> {
     if !(v.is_finite() && v > 0.0) {
         return Err(Error::param(key, v, "a positive number"));

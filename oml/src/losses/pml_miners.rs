@@ -552,39 +552,19 @@ impl PmlMiner for MultiSimilarityMiner {
 /// A PML miner as a triplet miner for OML's triplet loss: its indices as triplets (PML's
 /// `convert_to_triplets`), the rows gathered from the batch. An empty pick gives no triplets
 /// (the loss is then 0, as PML's).
-fn sample_pml(miner: &dyn PmlMiner, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
-    let triplets = miner.mine(features, labels)?.to_triplets();
-    let (anchors, positives, negatives) = triplets.gather(features)?;
-    Ok(Sampled {
-        anchors,
-        positives,
-        negatives,
-        triplets: Some(triplets),
-        logs: BTreeMap::new(),
-    })
-}
+pub struct PmlAsTripletMiner(pub Box<dyn PmlMiner>);
 
-impl TripletMiner for BatchHardMiner {
+impl TripletMiner for PmlAsTripletMiner {
     fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
-        sample_pml(self, features, labels)
-    }
-}
-
-impl TripletMiner for BatchEasyHardMiner {
-    fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
-        sample_pml(self, features, labels)
-    }
-}
-
-impl TripletMiner for TripletMarginMiner {
-    fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
-        sample_pml(self, features, labels)
-    }
-}
-
-impl TripletMiner for MultiSimilarityMiner {
-    fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
-        sample_pml(self, features, labels)
+        let triplets = self.0.mine(features, labels)?.to_triplets();
+        let (anchors, positives, negatives) = triplets.gather(features)?;
+        Ok(Sampled {
+            anchors,
+            positives,
+            negatives,
+            triplets: Some(triplets),
+            logs: BTreeMap::new(),
+        })
     }
 }
 
