@@ -50,6 +50,18 @@ impl Triplets {
         self.negatives.push(n);
     }
 
+    /// What a miner hands the loss: these triplets' rows of `features`, no logs.
+    pub fn sampled(self, features: &Tensor) -> Result<Sampled> {
+        let (anchors, positives, negatives) = self.gather(features)?;
+        Ok(Sampled {
+            anchors,
+            positives,
+            negatives,
+            triplets: Some(self),
+            logs: BTreeMap::new(),
+        })
+    }
+
     /// The rows of `features` for anchors, positives and negatives.
     pub fn gather(&self, features: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let features = &features.contiguous()?;
@@ -125,15 +137,7 @@ pub fn distance_matrix(features: &Tensor) -> Result<Vec<f32>> {
 fn sample_with(miner: &dyn IndexMiner, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
     check_triplet_labels(labels)?;
     let dist = distance_matrix(features)?;
-    let triplets = miner.mine(&dist, labels, None)?;
-    let (anchors, positives, negatives) = triplets.gather(features)?;
-    Ok(Sampled {
-        anchors,
-        positives,
-        negatives,
-        triplets: Some(triplets),
-        logs: BTreeMap::new(),
-    })
+    miner.mine(&dist, labels, None)?.sampled(features)
 }
 
 /// Every `(a, p, n)`: `label[a] == label[p]`, `a != p`, `label[n] != label[a]`, in lexicographic

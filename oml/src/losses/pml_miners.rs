@@ -11,8 +11,6 @@
 //! embeddings), `MultiSimilarityMiner` the cosine similarity. Ties go to the first index, as
 //! torch's `min`/`max` along a row on the CPU.
 
-use std::collections::BTreeMap;
-
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -556,15 +554,10 @@ pub struct PmlAsTripletMiner(pub Box<dyn PmlMiner>);
 
 impl TripletMiner for PmlAsTripletMiner {
     fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
-        let triplets = self.0.mine(features, labels)?.to_triplets();
-        let (anchors, positives, negatives) = triplets.gather(features)?;
-        Ok(Sampled {
-            anchors,
-            positives,
-            negatives,
-            triplets: Some(triplets),
-            logs: BTreeMap::new(),
-        })
+        self.0
+            .mine(features, labels)?
+            .to_triplets()
+            .sampled(features)
     }
 }
 
