@@ -520,8 +520,36 @@ fn doctor_checks_the_cpu_and_explains_a_missing_gpu() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse");
     let checks = report["checks"].as_array().expect("checks");
-    assert_eq!(checks.len(), 4 * 3 + 3 + 4, "{stdout}");
+    assert_eq!(checks.len(), 4 * 3 + 3 + 5 + 4, "{stdout}");
     assert!(checks.iter().all(|c| c["status"] != "fail"), "{stdout}");
+    // What a training step copies to the host: one read of its scalars with four losses; PML's
+    // miner selects on the host (a measurement).
+    let copies: Vec<&serde_json::Value> = checks
+        .iter()
+        .filter(|c| {
+            c["check"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("copies to the host"))
+        })
+        .collect();
+    assert_eq!(copies.len(), 5, "{stdout}");
+    for c in &copies[..4] {
+        assert_eq!(c["status"], "pass", "{c}");
+        assert!(
+            c["figure"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("per step: 1 x train: step scalars")),
+            "{c}"
+        );
+    }
+    assert_eq!(copies[4]["status"], "info", "{}", copies[4]);
+    assert!(
+        copies[4]["figure"]
+            .as_str()
+            .is_some_and(|f| f.contains("miner: distances (PML batch-hard)")),
+        "{}",
+        copies[4]
+    );
     // The training checks: the loss went down in each precision.
     for c in checks.iter().filter(|c| {
         c["check"]

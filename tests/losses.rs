@@ -1,6 +1,9 @@
 //! Losses and miners against Python OML 4.0 (`tests/golden/losses_oml.json`, made by
 //! `tests/golden/make_loss_fixtures.py`; semantics in `tests/golden/loss_semantics.md`).
 
+// Tests read tensors directly; the library reads through `oml::host` (oml/clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 mod losses_pml;
 
@@ -172,7 +175,7 @@ fn triplet_losses_match_oml_values_gradients_and_logs() {
                 &format!("{name} {g}"),
             );
         }
-        check_logs(&out.logs, &case["logs"], name);
+        check_logs(&out.read_logs().expect("logs"), &case["logs"], name);
         checked += 1;
     }
     for case in fx["triplet_plain_cases"].as_array().expect("plain") {
@@ -307,7 +310,7 @@ fn triplet_loss_with_every_miner_matches_oml() {
         check_loss(&out.loss, case, 1e-6, 2e-5, name);
         let g = out.loss.backward().expect("backward");
         check_feature_grad(&g, &f, case, 2e-6, 2e-5, &format!("{name} grad"));
-        check_logs(&out.logs, &case["logs"], name);
+        check_logs(&out.read_logs().expect("logs"), &case["logs"], name);
         checked += 1;
     }
     assert!(checked >= 30, "{checked}");
@@ -537,7 +540,7 @@ fn label_smoothing_and_arcface_match_oml() {
             1e-4,
             &format!("{name} weight"),
         );
-        check_logs(&out.logs, &case["logs"], name);
+        check_logs(&out.read_logs().expect("logs"), &case["logs"], name);
         checked += 1;
     }
     assert!(checked >= 8, "{checked}");
@@ -604,7 +607,7 @@ fn invariants_from_omls_tests() {
     // NHard(1, 1) = Hard and NHard(large) = All as triplet sets, on random distances without ties.
     let labels: Vec<i64> = (0..12).map(|i| i / 3).collect();
     let x = Tensor::randn(0f32, 1.0, (12, 6), &Device::Cpu).expect("x");
-    let d = oml::losses::miners::distance_matrix(&x).expect("d");
+    let d = oml::losses::miners::distance_matrix(&x, "test").expect("d");
     let hard = HardTripletsMiner.mine(&d, &labels, None).expect("hard");
     let n11 = NHardTripletsMiner::default()
         .mine(&d, &labels, None)
@@ -685,7 +688,7 @@ fn miner_with_bank_matches_oml_step_by_step() {
                 2e-5,
                 &format!("{what} grad"),
             );
-            check_logs(&out.logs, &step["logs"], &what);
+            check_logs(&out.read_logs().expect("logs"), &step["logs"], &what);
             checked += 1;
         }
     }
@@ -853,4 +856,61 @@ fn arcface_with_mlp_matches_oml_values_and_every_gradient() {
         checked += 1;
     }
     assert_eq!(checked, 3);
+}
+
+/// OML's hard miner chooses on the device (nothing read back); its choices are the host miner's,
+/// ties included (the first index), on random batches and on batches with duplicated rows.
+#[test]
+fn the_hard_miner_on_the_device_chooses_as_on_the_host() {
+    let read = |t: &Tensor| -> Vec<usize> {
+        t.to_vec1::<u32>()
+            .expect("ids")
+            .into_iter()
+            .map(|i| i as usize)
+            .collect()
+    };
+    for seed in 0..6u64 {
+        let b = 12;
+        let labels: Vec<i64> = (0..b as i64).map(|i| (i * 7 + seed as i64) % 4).collect();
+        let x = Tensor::randn(0f32, 1.0, (b, 5), &Device::Cpu).expect("x");
+        // Duplicated rows from seed 3 on: exact ties among positives and among negatives.
+        let x = if seed >= 3 {
+            let ids: Vec<u32> = (0..b as u32).map(|i| i / 2 * 2).collect();
+            x.index_select(&Tensor::new(ids.as_slice(), &Device::Cpu).expect("ids"), 0)
+                .expect("dup")
+        } else {
+            x
+        };
+        let dist = oml::losses::pairwise_dist(&x, &x).expect("dist");
+        let host = HardTripletsMiner
+            .mine(
+                &dist
+                    .flatten_all()
+                    .expect("flat")
+                    .to_vec1::<f32>()
+                    .expect("d"),
+                &labels,
+                None,
+            )
+            .expect("host");
+        let (pos, neg) = HardTripletsMiner
+            .mine_on_device(&dist, &labels)
+            .expect("device");
+        assert_eq!(read(&pos), host.positives, "seed {seed}");
+        assert_eq!(read(&neg), host.negatives, "seed {seed}");
+        let sampled = HardTripletsMiner.sample(&x, &labels).expect("sample");
+        assert!(sampled.triplets.is_none());
+        assert_eq!(sampled.indices().expect("read"), Some(host.clone()));
+        let (a, p, n) = host.gather(&x).expect("gather");
+        for (ours, theirs) in [
+            (&sampled.anchors, a),
+            (&sampled.positives, p),
+            (&sampled.negatives, n),
+        ] {
+            assert_eq!(
+                ours.to_vec2::<f32>().expect("ours"),
+                theirs.to_vec2::<f32>().expect("theirs")
+            );
+        }
+    }
 }

@@ -2,6 +2,9 @@
 //! `tests/golden/make_optim_fixtures.py`): the parameters after each of four steps of fixed
 //! gradients, and the learning rate and momentum at every step of a run.
 
+// Tests read tensors directly; the library reads through `oml::host` (oml/clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};

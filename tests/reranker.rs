@@ -3,6 +3,9 @@
 //! `ConcatSiamese`'s logits and scores on the small ViT and ResNet, and `PairsMiner`'s pairs.
 //! Part of the `models` test binary.
 
+// Tests read tensors directly; the library reads through `oml::host` (oml/clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};

@@ -2,6 +2,9 @@
 //! dataset: it learns, a resumed run ends exactly as one that ran through, a NaN loss stops it
 //! with the step named, budgets and the stop handle end it, and configs are checked before work.
 
+// Tests read tensors directly; the library reads through `oml::host` (oml/clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -1056,4 +1059,93 @@ fn train_postprocessor_trains_a_reranker_and_reports_before_and_after() {
             .to_string();
         assert!(e.contains(want), "{k}={v}: {e}");
     }
+}
+
+/// Issue 14's "nothing copies to the CPU per step except the scalars logged", measured with
+/// `oml::host::Profile` on the CPU build (every read of a tensor in the library goes through
+/// `oml::host`, clippy enforces it): one read per step with OML's hard miner, all triplets,
+/// ArcFace, clipping and accumulation; the images uploaded by the loader's thread; and a miner that
+/// selects on the host shows up by name (so the profile does see reads).
+#[test]
+fn a_training_step_copies_only_its_logged_scalars_to_the_host() {
+    use oml::host::{Direction, Profile, per_step};
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
+    let n = 4u64;
+    // (loss, clip, accumulate, scalars read per step: the loss, the embeddings' sum, the norm at
+    // updates that clip, the loss's device logs)
+    let cases = [
+        (Loss::triplet_hard(0.1), None, 1, vec![5]),
+        (Loss::triplet_all(0.1), Some(1.0), 1, vec![6]),
+        // The norm only at the updates (every second batch, and an epoch's last).
+        (Loss::arcface_with(0.5, 16.0), Some(1.0), 2, vec![3, 4]),
+        (Loss::supcon(0.1), None, 1, vec![2]),
+    ];
+    for (loss, clip, accumulate, scalars) in cases {
+        let what = loss.describe();
+        let t = Trainer::builder(tiny_vit(Precision::F32), &train, loss)
+            .config(FitConfig {
+                clip_grad_norm: clip,
+                accumulate_grad_batches: accumulate,
+                ..quick_cfg(n as usize)
+            })
+            .build()
+            .expect("trainer");
+        let profile = Profile::start();
+        let r = t.fit().expect("fit");
+        let copies = profile.finish();
+        // Accumulation ends a run at an update: a step past the budget when an epoch's last
+        // batch was one.
+        assert!(r.steps == n as usize || (accumulate > 1 && r.steps == n as usize + 1));
+        let mut seen = std::collections::BTreeSet::new();
+        for s in 0..r.steps as u64 {
+            let step = per_step(&copies, s..s + 1);
+            let to_host: Vec<_> = step
+                .iter()
+                .filter(|((_, d), _)| *d == Direction::ToHost)
+                .collect();
+            assert_eq!(
+                to_host.len(),
+                1,
+                "{what}, step {s}: {to_host:?} ({copies:?})"
+            );
+            let ((site, _), (count, bytes)) = to_host[0];
+            assert_eq!(
+                (*site, *count),
+                ("train: step scalars", 1),
+                "{what}, step {s}"
+            );
+            seen.insert(bytes / 8);
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), scalars, "{what}");
+        // The batches went to the device on the loader's thread (one upload each, 8 images).
+        let uploads: usize = copies
+            .iter()
+            .filter(|c| c.site == "loader: images")
+            .map(|c| c.bytes)
+            .sum();
+        assert!(
+            uploads >= n as usize * 8 * 3 * 32 * 32 * 4,
+            "{what}: {uploads}"
+        );
+        // The logged values are the scalars read.
+        let logged = steps(&t);
+        assert_eq!(logged.len(), r.steps);
+        assert!(logged.iter().all(|(l, _)| l.is_finite()), "{what}");
+    }
+    // A miner that selects on the host: its `[B, B]` matrix is a second read, named.
+    let loss = Loss::contrastive().with_miner(Miner::batch_hard());
+    let t = Trainer::builder(tiny_vit(Precision::F32), &train, loss)
+        .config(quick_cfg(2))
+        .build()
+        .expect("trainer");
+    let profile = Profile::start();
+    t.fit().expect("fit");
+    let step = per_step(&profile.finish(), 0..1);
+    assert_eq!(
+        step.get(&("miner: distances (PML batch-hard)", Direction::ToHost)),
+        Some(&(1, 8 * 8 * 4)),
+        "{step:?}"
+    );
 }

@@ -1,5 +1,8 @@
 //! Where a fine-tuning step's time goes (ViT-S/14 at 56 px, batch 32): forward, loss, backward,
 //! optimiser. `cargo run --example prof_train [SIDE [ARCH]]`, e.g. `-- 224 vits16`.
+
+// A profile reads tensors directly; the library reads through `oml::host` (oml/clippy.toml).
+#![allow(clippy::disallowed_methods)]
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};

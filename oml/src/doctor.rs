@@ -410,6 +410,7 @@ pub fn run(opts: &DoctorOptions) -> Result<DoctorReport> {
             checks.extend(embedding_checks(name, family, spec, *size)?);
         }
         checks.extend(training_checks(name, &train, opts.quick)?);
+        checks.extend(host_copy_checks(name, &train, opts.quick)?);
         checks.extend(throughput(name, &device, &description, opts.quick)?);
     }
     if names.iter().all(|n| n == "cpu") && build.cuda {
@@ -447,7 +448,10 @@ fn min_row_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
     let dot = (&a * &b)?.sum(1)?;
     let na = a.sqr()?.sum(1)?.sqrt()?;
     let nb = b.sqr()?.sum(1)?.sqrt()?;
-    let cos: Vec<f64> = (dot / (na * nb)?.clamp(1e-300, f64::MAX)?)?.to_vec1()?;
+    let cos: Vec<f64> = crate::host::read(
+        &(dot / (na * nb)?.clamp(1e-300, f64::MAX)?)?,
+        "doctor: cosines",
+    )?;
     Ok(cos.into_iter().fold(f64::INFINITY, f64::min))
 }
 
@@ -480,7 +484,10 @@ fn checked_model(spec: &ModelSpec, seed: u64) -> Result<Model> {
         .filter(|(_, t)| {
             t.abs()
                 .and_then(|a| a.max_all())
-                .and_then(|m| m.to_dtype(DType::F32)?.to_scalar::<f32>())
+                .map_err(crate::Error::from)
+                .and_then(|m| {
+                    crate::host::scalar::<f32>(&m.to_dtype(DType::F32)?, "doctor: weights")
+                })
                 .is_ok_and(|m| m == 0.0)
         })
         .map(|(k, t)| (k.clone(), t.dims().to_vec()))
@@ -616,6 +623,111 @@ fn training_checks(device: &str, train: &ImageLabeledDataset, quick: bool) -> Re
     Ok(out)
 }
 
+/// What a training step copies off the device (see [`crate::host`]): a few steps with each of
+/// five losses, recorded with a [`crate::host::Profile`]. Pass: exactly one copy to the host per
+/// step, the step's scalars (loss, the embeddings' sum, the gradients' norm where clipping or
+/// the f16 loss scale needs it, the loss's logs). PML's miners select on the host: their line
+/// shows the distance matrix they read (a measurement, not a check).
+fn host_copy_checks(device: &str, train: &ImageLabeledDataset, quick: bool) -> Result<Vec<Check>> {
+    let (spec, side) = probe_vit(quick)?;
+    let steps = 3u64;
+    let cases = [
+        (
+            "triplet, OML's hard miner",
+            Loss::triplet_hard(0.1),
+            Precision::F32,
+            None,
+            true,
+        ),
+        (
+            "triplet, all triplets",
+            Loss::triplet_all(0.1),
+            Precision::F32,
+            None,
+            true,
+        ),
+        (
+            "ArcFace, f16, clip_grad_norm",
+            Loss::arcface_with(0.5, 16.0),
+            Precision::F16,
+            Some(1.0),
+            true,
+        ),
+        (
+            "SupCon, every pair",
+            Loss::supcon(0.1),
+            Precision::F32,
+            None,
+            true,
+        ),
+        (
+            "contrastive, PML's batch-hard miner",
+            Loss::contrastive().with_miner(crate::Miner::batch_hard()),
+            Precision::F32,
+            None,
+            false,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (what, loss, precision, clip, one) in cases {
+        let model = checked_model(&spec, 5)?
+            .with_device(device)?
+            .with_precision(precision)
+            .with_transform(Transform::preset("norm_resize_torch", side as u32)?);
+        let cfg = FitConfig {
+            max_steps: Some(steps as usize),
+            sampler: crate::samplers::SamplerConfig::balance(4, 2),
+            optimizer: OptimizerKind::adamw(1e-3),
+            scheduler: Schedule::Constant { warmup_steps: 0 },
+            clip_grad_norm: clip,
+            valid_every_epochs: 0,
+            log_every_steps: 1000,
+            log_every_seconds: 1e9,
+            ..FitConfig::default()
+        };
+        let profile = crate::host::Profile::start();
+        let fit = Trainer::builder(model, train, loss)
+            .config(cfg)
+            .train_transform(Transform::preset("norm_resize_torch", side as u32)?)
+            .fit();
+        let transfers = profile.finish();
+        let (status, figure) = match fit {
+            Ok(_) => {
+                let per = |s: u64| {
+                    crate::host::per_step(&transfers, s..s + 1)
+                        .into_iter()
+                        .filter(|((_, d), _)| *d == crate::host::Direction::ToHost)
+                        .collect::<Vec<_>>()
+                };
+                let first = per(0);
+                let all_one = (0..steps).all(|s| {
+                    let p = per(s);
+                    p.len() == 1 && p[0].0.0 == "train: step scalars" && p[0].1.0 == 1
+                });
+                let figure = first
+                    .iter()
+                    .map(|((site, _), (n, bytes))| format!("{n} x {site} ({bytes} B)"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let status = match (one, all_one) {
+                    (true, true) => Status::Pass,
+                    (true, false) => Status::Fail,
+                    (false, _) => Status::Info,
+                };
+                (status, format!("per step: {figure}"))
+            }
+            Err(e) => (Status::Fail, e.to_string()),
+        };
+        out.push(Check {
+            device: device.to_owned(),
+            check: format!("copies to the host, {what}"),
+            status,
+            figure,
+        });
+    }
+    Ok(out)
+}
+
 /// The ViT that the training and throughput checks use: ViT-S/16 at 224 px, or the tiny DINO at
 /// 32 px.
 fn probe_vit(quick: bool) -> Result<(ModelSpec, usize)> {
@@ -737,7 +849,7 @@ fn time_steps(
     let net = model.network()?;
     let run_forward = || -> Result<()> {
         let e = net.forward(&x)?;
-        e.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        crate::host::scalar::<f32>(&e.sum_all()?.to_dtype(DType::F32)?, "doctor: forward")?;
         Ok(())
     };
     let fwd = seconds_per_call(device, iters, run_forward)?;
@@ -750,7 +862,7 @@ fn time_steps(
         let loss = e.to_dtype(DType::F32)?.sqr()?.mean_all()?;
         let grads = loss.backward()?;
         drop(grads);
-        loss.to_scalar::<f32>()?;
+        crate::host::scalar::<f32>(&loss, "doctor: train step")?;
         Ok(())
     };
     Ok((fwd, seconds_per_call(device, iters, run_train)?))

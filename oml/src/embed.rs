@@ -53,7 +53,8 @@ pub fn embed(
             cache: false,
             seed: 0,
         },
-    )?;
+    )?
+    .with_device(device.clone());
     let batches: Vec<Vec<usize>> = (0..n)
         .collect::<Vec<_>>()
         .chunks(batch_size)
@@ -63,8 +64,9 @@ pub fn embed(
     let mut parts = Vec::with_capacity(batches.len());
     for batch in loader.iter(batches, 0) {
         let batch = batch?;
+        // Uploaded on the loader's thread; the embeddings come back batch by batch.
         let x = batch.images.to_device(device)?;
-        let y = net.forward(&x)?.detach().to_device(&Device::Cpu)?;
+        let y = crate::host::to_cpu(&net.forward(&x)?.detach(), "embed: embeddings")?;
         parts.push(y);
         progress.inc(batch.indices.len() as u64);
     }
@@ -94,7 +96,7 @@ pub fn write_embeddings(
                 path.display()
             )));
         }
-        let values: Vec<f32> = e.flatten_all()?.to_vec1()?;
+        let values: Vec<f32> = crate::host::read(&e, "embed: parquet")?;
         return crate::data::csv::write_embeddings_parquet(path, paths, labels, &values, d);
     }
     e.write_npy(path).map_err(|err| Error::Format {

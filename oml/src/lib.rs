@@ -37,6 +37,7 @@ pub mod doctor;
 pub mod embed;
 pub mod error;
 mod fsio;
+pub mod host;
 pub mod kernel;
 pub mod losses;
 pub mod metrics;

@@ -1324,6 +1324,7 @@ pub fn keys_below(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read CPU tensors directly
 mod tests {
     use super::*;
     use candle_core::{D, Device, Var};

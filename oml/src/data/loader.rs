@@ -40,7 +40,7 @@ impl Default for LoaderConfig {
     }
 }
 
-/// One batch: the images `[B, 3, H, W]` (`f32`, on the CPU) and the dataset indices they came from.
+/// One batch: the images `[B, 3, H, W]` (`f32`, on the loader's device, the CPU by default) and the dataset indices they came from.
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// Dataset indices, in batch order.
@@ -67,6 +67,7 @@ pub struct ImageLoader {
     config: LoaderConfig,
     cache: Arc<Cache>,
     substitutes: Option<Arc<Substitutes>>,
+    device: Device,
 }
 
 impl ImageLoader {
@@ -84,7 +85,15 @@ impl ImageLoader {
             config,
             cache: Arc::new(Mutex::new(HashMap::new())),
             substitutes: None,
+            device: Device::Cpu,
         })
+    }
+
+    /// Batches uploaded to `device` where they are made: on the prefetch thread, so that the
+    /// thread that trains finds each batch on the device (the CPU by default).
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
     }
 
     /// An item that cannot be read is replaced by the next readable item of the same label
@@ -246,6 +255,7 @@ impl ImageLoader {
         }
         let images =
             Tensor::from_vec(data, (items.len(), 3, h as usize, w as usize), &Device::Cpu)?;
+        let images = crate::host::upload(&images, &self.device, "loader: images")?;
         Ok(Batch {
             indices: indices.to_vec(),
             images,
@@ -274,7 +284,9 @@ impl ImageLoader {
         // The channel holds `prefetch - 1` batches; the thread prepares one more while blocked.
         let (tx, rx) = sync_channel(self.config.prefetch - 1);
         let loader = self.clone();
+        let recorder = crate::host::Inherited::here();
         let handle = std::thread::spawn(move || {
+            recorder.install();
             for (b, indices) in batches.iter().enumerate() {
                 let batch = loader.load_batch(indices, epoch, (first + b) as u64);
                 let stop = batch.is_err();

@@ -186,11 +186,10 @@ impl ArcFaceLoss {
         let per = (candle_nn::ops::log_softmax(&logits, D::Minus1)? * target)?
             .sum(1)?
             .neg()?;
-        let mut logs = BTreeMap::new();
-        logs.insert("accuracy".to_owned(), accuracy);
         Ok(LossOutput {
             loss: reduce(&per.to_dtype(DType::F32)?, self.reduction)?,
-            logs,
+            logs: BTreeMap::new(),
+            device_logs: BTreeMap::from([("accuracy".to_owned(), accuracy)]),
         })
     }
 }

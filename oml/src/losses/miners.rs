@@ -1,6 +1,10 @@
 //! Triplet miners with OML's semantics. Distances are computed on the features' device (one
-//! `[B, B]` matrix, detached); the selection runs over that matrix (small: B is a batch) and the
-//! chosen rows are gathered on the device, so gradients reach every selected row.
+//! `[B, B]` matrix, detached) and the chosen rows are gathered there, so gradients reach every
+//! selected row. Where the selection runs:
+//! - `HardTripletsMiner` (the demo's and OML's usual miner): on the device, nothing read back;
+//! - `AllTripletsMiner`, `TripletMinerWithMemory`: from the labels alone, nothing read back;
+//! - `NHardTripletsMiner`, `MinerWithBank`, `HardClusterMiner`: on the host, over the matrix read
+//!   back once per batch (named in a [`crate::host::Profile`]).
 //!
 //! Deliberate differences from OML (documented in the README):
 //! - `AllTripletsMiner` keeps the canonical `(a, p, n)` order (OML shuffles with numpy's global
@@ -58,6 +62,7 @@ impl Triplets {
             positives,
             negatives,
             triplets: Some(self),
+            device_triplets: None,
             logs: BTreeMap::new(),
         })
     }
@@ -87,10 +92,38 @@ pub struct Sampled {
     pub positives: Tensor,
     /// Negative vectors `[T, D]`.
     pub negatives: Tensor,
-    /// Indices into the batch (and the bank beyond it), where the vectors are rows.
+    /// Indices into the batch (and the bank beyond it), where the vectors are rows and the miner
+    /// chose them on the host.
     pub triplets: Option<Triplets>,
+    /// The same as `u32` tensors (anchors, positives, negatives) on the features' device, where
+    /// the miner chose them there ([`HardTripletsMiner`]); [`Sampled::indices`] reads either.
+    pub device_triplets: Option<[Tensor; 3]>,
     /// Miner logs (OML's `MinerWithBank` counts).
     pub logs: BTreeMap<String, f64>,
+}
+
+impl Sampled {
+    /// The triplets as batch indices (read from the device where the miner chose them there), or
+    /// `None` for a miner that gives vectors ([`HardClusterMiner`]).
+    pub fn indices(&self) -> Result<Option<Triplets>> {
+        if let Some(t) = &self.triplets {
+            return Ok(Some(t.clone()));
+        }
+        let Some([a, p, n]) = &self.device_triplets else {
+            return Ok(None);
+        };
+        let read = |t: &Tensor| -> Result<Vec<usize>> {
+            Ok(crate::host::read::<u32>(t, "miner: indices")?
+                .into_iter()
+                .map(|i| i as usize)
+                .collect())
+        };
+        Ok(Some(Triplets {
+            anchors: read(a)?,
+            positives: read(p)?,
+            negatives: read(n)?,
+        }))
+    }
 }
 
 /// Picks triplets from a batch.
@@ -125,19 +158,29 @@ pub fn check_labels(labels: &[i64]) -> Result<()> {
     check_triplet_labels(labels)
 }
 
-/// The detached distance matrix of `features`, on the CPU.
-pub fn distance_matrix(features: &Tensor) -> Result<Vec<f32>> {
+/// The detached distance matrix of `features`, read to the host (`site` names the miner).
+pub fn distance_matrix(features: &Tensor, site: &'static str) -> Result<Vec<f32>> {
     let f = features.detach();
-    Ok(pairwise_dist(&f, &f)?
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1()?)
+    crate::host::read(&pairwise_dist(&f, &f)?, site)
 }
 
-fn sample_with(miner: &dyn IndexMiner, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
+fn sample_with(
+    miner: &dyn IndexMiner,
+    features: &Tensor,
+    labels: &[i64],
+    site: &'static str,
+) -> Result<Sampled> {
     check_triplet_labels(labels)?;
-    let dist = distance_matrix(features)?;
+    let dist = distance_matrix(features, site)?;
     miner.mine(&dist, labels, None)?.sampled(features)
+}
+
+/// `labels` as dense `u32` ids on `device` (equal labels, equal ids).
+fn label_ids(labels: &[i64], device: &Device) -> Result<Tensor> {
+    let known: BTreeSet<i64> = labels.iter().copied().collect();
+    let rank: BTreeMap<i64, u32> = known.into_iter().zip(0u32..).collect();
+    let ids: Vec<u32> = labels.iter().map(|l| rank[l]).collect();
+    Ok(Tensor::new(ids.as_slice(), device)?)
 }
 
 /// Every `(a, p, n)`: `label[a] == label[p]`, `a != p`, `label[n] != label[a]`, in lexicographic
@@ -201,8 +244,10 @@ impl IndexMiner for AllTripletsMiner {
 }
 
 impl TripletMiner for AllTripletsMiner {
+    /// From the labels alone: nothing is read from the device.
     fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
-        sample_with(self, features, labels)
+        check_triplet_labels(labels)?;
+        self.mine(&[], labels, None)?.sampled(features)
     }
 
     /// The number of capped batches so far (each draws its subset from the seed and that count).
@@ -250,9 +295,46 @@ impl IndexMiner for HardTripletsMiner {
     }
 }
 
+impl HardTripletsMiner {
+    /// [`IndexMiner::mine`] on the device (same choices, ties included): the positive and the
+    /// negative of every row of the `[B, B]` distances `dist`, as `u32` tensors `[B]`.
+    pub fn mine_on_device(&self, dist: &Tensor, labels: &[i64]) -> Result<(Tensor, Tensor)> {
+        let (b, b2) = dist.dims2()?;
+        if b != labels.len() || b2 != b {
+            return Err(Error::Msg(format!(
+                "HardTripletsMiner: distances of shape [{b}, {b2}] for {} labels",
+                labels.len()
+            )));
+        }
+        let dev = dist.device();
+        let dist = dist.to_dtype(candle_core::DType::F32)?;
+        let ids = label_ids(labels, dev)?;
+        let same = ids.unsqueeze(1)?.broadcast_eq(&ids.unsqueeze(0)?)?;
+        let never = Tensor::full(f32::NEG_INFINITY, (b, b), dev)?;
+        // The farthest of the same label; the closest of another (the largest negated distance).
+        let pos = super::first_argmax_keepdim(&same.where_cond(&dist, &never)?)?;
+        let neg = super::first_argmax_keepdim(&same.where_cond(&never, &dist.neg()?)?)?;
+        Ok((pos.squeeze(1)?, neg.squeeze(1)?))
+    }
+}
+
 impl TripletMiner for HardTripletsMiner {
+    /// Chosen on the device: nothing is read back (the indices stay there, see
+    /// [`Sampled::indices`]).
     fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
-        sample_with(self, features, labels)
+        check_triplet_labels(labels)?;
+        let features = features.contiguous()?;
+        let f = features.detach();
+        let (pos, neg) = self.mine_on_device(&pairwise_dist(&f, &f)?, labels)?;
+        let anchors = Tensor::arange(0u32, labels.len() as u32, features.device())?;
+        Ok(Sampled {
+            positives: features.index_select(&pos, 0)?,
+            negatives: features.index_select(&neg, 0)?,
+            anchors: features,
+            triplets: None,
+            device_triplets: Some([anchors, pos, neg]),
+            logs: BTreeMap::new(),
+        })
     }
 }
 
@@ -350,7 +432,7 @@ impl IndexMiner for NHardTripletsMiner {
 
 impl TripletMiner for NHardTripletsMiner {
     fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<Sampled> {
-        sample_with(self, features, labels)
+        sample_with(self, features, labels, "miner: distances (n-hard)")
     }
 }
 
@@ -382,13 +464,14 @@ impl TripletMiner for HardClusterMiner {
             let idx: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
             let members = features.index_select(&Tensor::new(idx.as_slice(), dev)?, 0)?;
             let mean = members.mean_keepdim(0)?;
-            let sq: Vec<f32> = members
-                .detach()
-                .broadcast_sub(&mean.detach())?
-                .sqr()?
-                .sum(1)?
-                .to_device(&Device::Cpu)?
-                .to_vec1()?;
+            let sq: Vec<f32> = crate::host::read(
+                &members
+                    .detach()
+                    .broadcast_sub(&mean.detach())?
+                    .sqr()?
+                    .sum(1)?,
+                "miner: distances (hard cluster)",
+            )?;
             let mut best = (f32::NEG_INFINITY, 0);
             for (j, &d) in sq.iter().enumerate() {
                 if d > best.0 {
@@ -400,10 +483,10 @@ impl TripletMiner for HardClusterMiner {
         }
         let means = Tensor::cat(&means, 0)?;
         let k = groups.len();
-        let md: Vec<f32> = pairwise_dist(&means.detach(), &means.detach())?
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1()?;
+        let md: Vec<f32> = crate::host::read(
+            &pairwise_dist(&means.detach(), &means.detach())?,
+            "miner: distances (hard cluster)",
+        )?;
         let neg: Vec<u32> = (0..k)
             .map(|i| {
                 let mut best = (f32::INFINITY, 0);
@@ -420,6 +503,7 @@ impl TripletMiner for HardClusterMiner {
             negatives: means.index_select(&Tensor::new(neg.as_slice(), dev)?, 0)?,
             anchors: means,
             triplets: None,
+            device_triplets: None,
             logs: BTreeMap::new(),
         })
     }
@@ -497,7 +581,7 @@ impl TripletMiner for MinerWithBank {
                 (features.clone(), labels.to_vec(), None)
             }
         };
-        let dist = distance_matrix(&all)?;
+        let dist = distance_matrix(&all, "miner: distances (bank)")?;
         let triplets = self.miner.mine(&dist, &all_labels, ignore.as_deref())?;
         let (anchors, positives, negatives) = triplets.gather(&all)?;
         let logs = bank_logs(&triplets, bs);
@@ -520,6 +604,7 @@ impl TripletMiner for MinerWithBank {
             positives,
             negatives,
             triplets: Some(triplets),
+            device_triplets: None,
             logs,
         })
     }
@@ -844,6 +929,7 @@ impl TripletMiner for TripletMinerWithMemory {
             positives,
             negatives,
             triplets: Some(t),
+            device_triplets: None,
             logs,
         })
     }

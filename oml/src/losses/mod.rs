@@ -94,8 +94,33 @@ pub(crate) fn reduce(t: &Tensor, reduction: Reduction) -> Result<Tensor> {
 pub struct LossOutput {
     /// The value to minimise (a scalar unless the reduction is `None`).
     pub loss: Tensor,
-    /// OML's logs (`active_tri`, `pos_dist`, `neg_dist`, `accuracy`, ...).
+    /// OML's logs known on the host (counts of mined triplets and pairs, ...).
     pub logs: BTreeMap<String, f64>,
+    /// OML's logs computed from tensors (`active_tri`, `pos_dist`, `neg_dist`, `accuracy`, ...),
+    /// still scalars on the loss's device: the trainer reads them with the loss, in one copy per
+    /// step; [`LossOutput::read_logs`] reads them at once.
+    pub device_logs: BTreeMap<String, Tensor>,
+}
+
+impl LossOutput {
+    /// A loss with host logs only.
+    pub fn new(loss: Tensor, logs: BTreeMap<String, f64>) -> Self {
+        LossOutput {
+            loss,
+            logs,
+            device_logs: BTreeMap::new(),
+        }
+    }
+
+    /// Every log as a number (the device's in one copy).
+    pub fn read_logs(&self) -> Result<BTreeMap<String, f64>> {
+        let keys: Vec<&String> = self.device_logs.keys().collect();
+        let values: Vec<Tensor> = self.device_logs.values().cloned().collect();
+        let read = crate::host::scalars(&values, "loss: logs")?;
+        let mut out = self.logs.clone();
+        out.extend(keys.into_iter().cloned().zip(read));
+        Ok(out)
+    }
 }
 
 /// What a loss or a miner keeps between batches (memory banks, counters, generator positions,
@@ -179,27 +204,39 @@ pub(crate) fn safe_sqrt(sq: &Tensor) -> Result<Tensor> {
 }
 
 /// The share of rows of `scores` `[B, C]` whose largest entry is their class (the logs'
-/// `accuracy` of the classification losses).
-pub(crate) fn accuracy(scores: &Tensor, classes: &[usize]) -> Result<f64> {
-    let pred: Vec<u32> = scores
-        .detach()
-        .argmax(1)?
-        .to_device(&candle_core::Device::Cpu)?
-        .to_vec1()?;
-    let hits = pred
-        .iter()
-        .zip(classes)
-        .filter(|(p, y)| **p as usize == **y)
-        .count();
-    Ok(hits as f64 / classes.len().max(1) as f64)
+/// `accuracy` of the classification losses), as an `f64` scalar on the scores' device.
+pub(crate) fn accuracy(scores: &Tensor, classes: &[usize]) -> Result<Tensor> {
+    let dev = scores.device();
+    if classes.is_empty() {
+        return Ok(Tensor::new(0f64, dev)?);
+    }
+    let pred = scores.detach().argmax(1)?;
+    let classes: Vec<u32> = classes.iter().map(|&c| c as u32).collect();
+    let classes = Tensor::new(classes.as_slice(), dev)?;
+    Ok(pred.eq(&classes)?.to_dtype(DType::F64)?.mean_all()?)
 }
 
-/// The mean of a tensor as `f64` (NaN when empty), for logs.
-pub(crate) fn mean_f64(t: &Tensor) -> Result<f64> {
+/// The index of the largest entry along the last dimension of `x` (kept as a dimension of 1,
+/// `u32`), the first one on ties, computed on `x`'s device.
+pub(crate) fn first_argmax_keepdim(x: &Tensor) -> Result<Tensor> {
+    let n = x.dim(candle_core::D::Minus1)?;
+    let top = x.max_keepdim(candle_core::D::Minus1)?;
+    let is_top = x.broadcast_eq(&top)?;
+    let idx = Tensor::arange(0u32, n as u32, x.device())?.broadcast_as(x.shape())?;
+    // A row with no maximum (NaN) gets the last index, so that gathers stay in range.
+    let none = Tensor::full(n.saturating_sub(1) as u32, x.shape(), x.device())?;
+    Ok(is_top
+        .where_cond(&idx, &none)?
+        .min_keepdim(candle_core::D::Minus1)?)
+}
+
+/// The mean of a tensor as an `f64` scalar on its device (NaN when empty), for logs; detached,
+/// so that a kept log does not keep the step's graph.
+pub(crate) fn mean_f64(t: &Tensor) -> Result<Tensor> {
     if t.elem_count() == 0 {
-        return Ok(f64::NAN);
+        return Ok(Tensor::new(f64::NAN, t.device())?);
     }
-    Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
+    Ok(t.detach().to_dtype(DType::F64)?.mean_all()?)
 }
 
 /// Checks that a batch can give triplets: at least two labels, each with at least two

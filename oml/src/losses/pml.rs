@@ -75,18 +75,12 @@ fn masked_logsumexp(x: &Tensor, mask: &[bool], add_one: bool) -> Result<Tensor> 
 
 /// PML's `AvgNonZeroReducer`: the mean of the strictly positive entries of `losses` `[N]`, or
 /// the zero loss when there are none.
-fn avg_non_zero(losses: &Tensor, features: &Tensor) -> Result<Tensor> {
-    let host: Vec<f32> = losses
-        .detach()
-        .to_device(&candle_core::Device::Cpu)?
-        .to_vec1()?;
-    let keep: Vec<f32> = host.iter().map(|&v| f32::from(u8::from(v > 0.0))).collect();
-    let count = keep.iter().filter(|&&k| k > 0.0).count();
-    if count == 0 {
-        return zero_loss(features);
-    }
-    let keep = Tensor::from_vec(keep, host.len(), losses.device())?;
-    Ok(((losses * keep)?.sum_all()? / count as f64)?)
+/// Computed on the device: with no positive entry the sum is 0 over a count of 1, a zero with a
+/// zero gradient.
+fn avg_non_zero(losses: &Tensor) -> Result<Tensor> {
+    let keep = losses.detach().gt(0.0)?.to_dtype(losses.dtype())?;
+    let count = keep.sum_all()?.maximum(1.0)?;
+    Ok((losses * keep)?.sum_all()?.div(&count)?)
 }
 
 fn mean(losses: &Tensor) -> Result<Tensor> {
@@ -114,10 +108,7 @@ fn batch_pairs(
 
 /// PML's zero loss with `logs`.
 fn zero_output(features: &Tensor, logs: BTreeMap<String, f64>) -> Result<LossOutput> {
-    Ok(LossOutput {
-        loss: zero_loss(features)?,
-        logs,
-    })
+    Ok(LossOutput::new(zero_loss(features)?, logs))
 }
 
 /// PML's early exit in `GenericPairLoss`: at most one positive and one negative pair.
@@ -234,13 +225,13 @@ impl ContrastiveLoss {
         let mut total = zero_loss(features)?;
         if !pairs.a1.is_empty() {
             let d = gather(&dist, &pairs.a1, &pairs.p)?;
-            total = (total + avg_non_zero(&(d - self.pos_margin)?.relu()?, features)?)?;
+            total = (total + avg_non_zero(&(d - self.pos_margin)?.relu()?)?)?;
         }
         if !pairs.a2.is_empty() {
             let d = gather(&dist, &pairs.a2, &pairs.n)?;
-            total = (total + avg_non_zero(&(d.neg()? + self.neg_margin)?.relu()?, features)?)?;
+            total = (total + avg_non_zero(&(d.neg()? + self.neg_margin)?.relu()?)?)?;
         }
-        Ok(LossOutput { loss: total, logs })
+        Ok(LossOutput::new(total, logs))
     }
 }
 miner_criterion!(ContrastiveLoss);
@@ -289,10 +280,7 @@ impl MultiSimilarityLoss {
         let neg_exp = ((&sim - self.base)? * self.beta)?;
         let pos_loss = (masked_logsumexp(&pos_exp, &pos, true)? * (1.0 / self.alpha))?;
         let neg_loss = (masked_logsumexp(&neg_exp, &neg, true)? * (1.0 / self.beta))?;
-        Ok(LossOutput {
-            loss: mean(&(pos_loss + neg_loss)?)?,
-            logs,
-        })
+        Ok(LossOutput::new(mean(&(pos_loss + neg_loss)?)?, logs))
     }
 }
 miner_criterion!(MultiSimilarityLoss);
@@ -340,10 +328,10 @@ impl SupConLoss {
             .collect();
         let inv = Tensor::from_vec(inv, b, sim.device())?;
         let mean_log_prob_pos = ((pos_t * log_prob)?.sum(1)? * inv)?;
-        Ok(LossOutput {
-            loss: avg_non_zero(&mean_log_prob_pos.neg()?, features)?,
+        Ok(LossOutput::new(
+            avg_non_zero(&mean_log_prob_pos.neg()?)?,
             logs,
-        })
+        ))
     }
 }
 miner_criterion!(SupConLoss);
@@ -394,10 +382,7 @@ impl NTXentLoss {
         let numerator = pos.broadcast_sub(&top)?.exp()?.squeeze(1)?;
         let denominator = (neg.broadcast_sub(&top)?.exp()?.sum(1)? + &numerator)?;
         let per = ((numerator / denominator)? + TINY as f64)?.log()?.neg()?;
-        Ok(LossOutput {
-            loss: mean(&per)?,
-            logs,
-        })
+        Ok(LossOutput::new(mean(&per)?, logs))
     }
 }
 miner_criterion!(NTXentLoss);
@@ -541,10 +526,10 @@ impl ProxyAnchorLoss {
             zero_loss(features)?
         };
         let neg_loss = (neg_term.sum_all()? / c as f64)?;
-        let logs = BTreeMap::from([("accuracy".to_owned(), accuracy(&cos, &classes)?)]);
         Ok(LossOutput {
             loss: (pos_loss + neg_loss)?,
-            logs,
+            logs: BTreeMap::new(),
+            device_logs: BTreeMap::from([("accuracy".to_owned(), accuracy(&cos, &classes)?)]),
         })
     }
 }
@@ -649,10 +634,10 @@ fn weighted_mean(
     classes: &[usize],
 ) -> Result<LossOutput> {
     let w = Tensor::from_vec(miner_weights(indices, b), b, per.device())?;
-    let logs = BTreeMap::from([("accuracy".to_owned(), accuracy(cos, classes)?)]);
     Ok(LossOutput {
         loss: mean(&(per * w)?)?,
-        logs,
+        logs: BTreeMap::new(),
+        device_logs: BTreeMap::from([("accuracy".to_owned(), accuracy(cos, classes)?)]),
     })
 }
 
@@ -730,24 +715,7 @@ impl SubCenterArcFaceLoss {
         // torch's `max`).
         let k = self.sub_centers;
         let all = column_cosines(features, &self.w)?.reshape((b, c, k))?;
-        let host: Vec<f32> = all
-            .detach()
-            .flatten_all()?
-            .to_device(&candle_core::Device::Cpu)?
-            .to_vec1()?;
-        let best: Vec<u32> = host
-            .chunks(k)
-            .map(|row| {
-                let mut top = 0;
-                for (j, v) in row.iter().enumerate() {
-                    if *v > row[top] {
-                        top = j;
-                    }
-                }
-                top as u32
-            })
-            .collect();
-        let best = Tensor::from_vec(best, (b, c, 1), all.device())?;
+        let best = super::first_argmax_keepdim(&all.detach())?;
         let cos = all.contiguous()?.gather(&best, 2)?.squeeze(2)?;
         let m = self.margin.to_radians();
         let ids: Vec<u32> = classes.iter().map(|&y| y as u32).collect();

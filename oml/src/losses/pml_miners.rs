@@ -11,7 +11,7 @@
 //! embeddings), `MultiSimilarityMiner` the cosine similarity. Ties go to the first index, as
 //! torch's `min`/`max` along a row on the CPU.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::miners::{Sampled, TripletMiner, Triplets};
@@ -168,12 +168,9 @@ pub fn cosine_similarity(features: &Tensor) -> Result<Tensor> {
     Ok(x.matmul(&x.t()?)?)
 }
 
-fn to_host(mat: &Tensor) -> Result<Vec<f32>> {
-    Ok(mat
-        .detach()
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1()?)
+/// PML's miners select on the host: the `[B, B]` matrix is read there (`site` names the miner).
+fn to_host(mat: &Tensor, site: &'static str) -> Result<Vec<f32>> {
+    crate::host::read(&mat.detach(), site)
 }
 
 /// How [`BatchEasyHardMiner`] picks the positive or the negative of each anchor.
@@ -375,7 +372,10 @@ impl BatchEasyHardMiner {
 impl PmlMiner for BatchEasyHardMiner {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices> {
         check_batch(features, labels)?;
-        let mat = to_host(&lp_distance(&features.detach())?)?;
+        let mat = to_host(
+            &lp_distance(&features.detach())?,
+            "miner: distances (PML batch-easy-hard)",
+        )?;
         Ok(Indices::Pairs(self.mine_matrix(&mat, labels)?))
     }
 }
@@ -406,7 +406,10 @@ impl BatchHardMiner {
 impl PmlMiner for BatchHardMiner {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices> {
         check_batch(features, labels)?;
-        let mat = to_host(&lp_distance(&features.detach())?)?;
+        let mat = to_host(
+            &lp_distance(&features.detach())?,
+            "miner: distances (PML batch-hard)",
+        )?;
         Ok(Indices::Triplets(self.mine_matrix(&mat, labels)?))
     }
 }
@@ -482,7 +485,10 @@ impl TripletMarginMiner {
 impl PmlMiner for TripletMarginMiner {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices> {
         check_batch(features, labels)?;
-        let mat = to_host(&lp_distance(&features.detach())?)?;
+        let mat = to_host(
+            &lp_distance(&features.detach())?,
+            "miner: distances (PML triplet-margin)",
+        )?;
         Ok(Indices::Triplets(self.mine_matrix(&mat, labels)?))
     }
 }
@@ -542,7 +548,10 @@ impl MultiSimilarityMiner {
 impl PmlMiner for MultiSimilarityMiner {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices> {
         check_batch(features, labels)?;
-        let sim = to_host(&cosine_similarity(&features.detach())?)?;
+        let sim = to_host(
+            &cosine_similarity(&features.detach())?,
+            "miner: similarities (PML multi-similarity)",
+        )?;
         Ok(Indices::Pairs(self.mine_matrix(&sim, labels)?))
     }
 }
@@ -569,7 +578,7 @@ impl PmlMiner for OmlIndexMiner {
     fn mine(&self, features: &Tensor, labels: &[i64]) -> Result<Indices> {
         check_batch(features, labels)?;
         super::check_triplet_labels(labels)?;
-        let dist = super::miners::distance_matrix(features)?;
+        let dist = super::miners::distance_matrix(features, "miner: distances (OML index miner)")?;
         Ok(Indices::Triplets(self.0.mine(&dist, labels, None)?))
     }
 }

@@ -67,9 +67,6 @@ impl Criterion for SurrogatePrecision {
             Reduction::Sum => (prec.sum_all()?.neg()? + 1.0)?,
             Reduction::None => (prec.neg()? + 1.0)?,
         };
-        Ok(LossOutput {
-            loss,
-            logs: BTreeMap::new(),
-        })
+        Ok(LossOutput::new(loss, BTreeMap::new()))
     }
 }

@@ -46,13 +46,15 @@ impl TripletLoss {
             Some(m) => (gap + m)?.relu()?,
             None => (gap.exp()? + 1.0)?.log()?,
         };
-        let mut logs = BTreeMap::new();
-        logs.insert("active_tri".to_owned(), mean_f64(&per.gt(0.0)?)?);
-        logs.insert("pos_dist".to_owned(), mean_f64(&dp)?);
-        logs.insert("neg_dist".to_owned(), mean_f64(&dn)?);
+        let device_logs = BTreeMap::from([
+            ("active_tri".to_owned(), mean_f64(&per.gt(0.0)?)?),
+            ("pos_dist".to_owned(), mean_f64(&dp)?),
+            ("neg_dist".to_owned(), mean_f64(&dn)?),
+        ]);
         Ok(LossOutput {
             loss: reduce(&per, self.reduction)?,
-            logs,
+            logs: BTreeMap::new(),
+            device_logs,
         })
     }
 }
@@ -87,7 +89,28 @@ pub struct TripletLossWithMiner {
     pub loss: TripletLoss,
     /// Which triplets.
     pub miner: Box<dyn TripletMiner>,
-    last_logs: Mutex<BTreeMap<String, f64>>,
+    last_logs: Mutex<KeptLogs>,
+}
+
+/// The logs kept across calls: those known on the host, and those still on the device (a key is
+/// in one of the two).
+#[derive(Default)]
+struct KeptLogs {
+    host: BTreeMap<String, f64>,
+    device: BTreeMap<String, Tensor>,
+}
+
+impl KeptLogs {
+    fn update(&mut self, host: BTreeMap<String, f64>, device: BTreeMap<String, Tensor>) {
+        for (k, v) in host {
+            self.device.remove(&k);
+            self.host.insert(k, v);
+        }
+        for (k, v) in device {
+            self.host.remove(&k);
+            self.device.insert(k, v);
+        }
+    }
 }
 
 impl TripletLossWithMiner {
@@ -100,7 +123,7 @@ impl TripletLossWithMiner {
         Ok(TripletLossWithMiner {
             loss: TripletLoss::new(margin, reduction)?,
             miner: miner.unwrap_or_else(|| Box::new(AllTripletsMiner::default())),
-            last_logs: Mutex::new(BTreeMap::new()),
+            last_logs: Mutex::new(KeptLogs::default()),
         })
     }
 }
@@ -118,26 +141,32 @@ impl Criterion for TripletLossWithMiner {
         let mut out = if sampled.anchors.dim(0)? == 0 {
             // PML's miners may pick nothing (OML's never do); PML's losses then give a zero
             // that keeps the graph, where a mean would give NaN.
-            LossOutput {
-                loss: (features * 0.0)?.sum_all()?,
-                logs: BTreeMap::from([("active_tri".to_owned(), 0.0)]),
-            }
+            LossOutput::new(
+                (features * 0.0)?.sum_all()?,
+                BTreeMap::from([("active_tri".to_owned(), 0.0)]),
+            )
         } else {
             self.loss
                 .forward_triplets(&sampled.anchors, &sampled.positives, &sampled.negatives)?
         };
-        let mut logs = self.last_logs.lock().unwrap_or_else(|p| p.into_inner());
-        logs.extend(out.logs);
-        logs.extend(sampled.logs);
-        out.logs = logs.clone();
+        let mut kept = self.last_logs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut host = std::mem::take(&mut out.logs);
+        host.extend(sampled.logs);
+        kept.update(host, std::mem::take(&mut out.device_logs));
+        out.logs = kept.host.clone();
+        out.device_logs = kept.device.clone();
         Ok(out)
     }
 
     /// The miner's state and the accumulated logs.
     fn state(&self) -> Result<LossState> {
         let mut state = self.miner.state()?;
-        let logs = self.last_logs.lock().unwrap_or_else(|p| p.into_inner());
-        state.values = serde_json::json!({ "miner": state.values, "logs": *logs });
+        let kept = self.last_logs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut logs = kept.host.clone();
+        let values: Vec<Tensor> = kept.device.values().cloned().collect();
+        let read = crate::host::scalars(&values, "loss: saved logs")?;
+        logs.extend(kept.device.keys().cloned().zip(read));
+        state.values = serde_json::json!({ "miner": state.values, "logs": logs });
         Ok(state)
     }
 
@@ -147,7 +176,10 @@ impl Criterion for TripletLossWithMiner {
             values: state.values.get("miner").cloned().unwrap_or_default(),
         };
         self.miner.load_state(&miner)?;
-        *self.last_logs.lock().unwrap_or_else(|p| p.into_inner()) = state.value("logs")?;
+        *self.last_logs.lock().unwrap_or_else(|p| p.into_inner()) = KeptLogs {
+            host: state.value("logs")?,
+            device: BTreeMap::new(),
+        };
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! `{"OVERALL": {"cmc": {"1": v}, "precision": {..}, "map": {..}, "fnmr@fmr": {"0.1": v},
 //! "pcf": {"0.5": v}}, "<category>": {..}}`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::fnmr::fnmr_at_fmr;
@@ -515,11 +515,7 @@ pub fn evaluate(
     }
     if !config.pcf_variance.is_empty() {
         let dim = embeddings.dims().get(1).copied().unwrap_or(0);
-        let flat: Vec<f32> = embeddings
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1()?;
+        let flat: Vec<f32> = crate::host::read(&embeddings.to_dtype(DType::F32)?, "metrics: pcf")?;
         for (name, group) in &mut metrics.groups {
             let rows: Vec<usize> = if name == OVERALL {
                 (0..info.len()).collect()

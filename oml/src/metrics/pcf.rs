@@ -16,12 +16,10 @@ pub(crate) fn scatter(embeddings: &[f32], dim: usize) -> Result<Vec<f64>> {
     let n = embeddings.len() / dim;
     let x = Tensor::from_slice(embeddings, (n, dim), &Device::Cpu)?.to_dtype(DType::F64)?;
     let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
-    Ok(centred
-        .t()?
-        .contiguous()?
-        .matmul(&centred)?
-        .flatten_all()?
-        .to_vec1::<f64>()?)
+    crate::host::read::<f64>(
+        &centred.t()?.contiguous()?.matmul(&centred)?,
+        "metrics: covariance",
+    )
 }
 
 /// pcf for every fraction in `variances`; `embeddings` is `N` rows of `dim` values, row-major.

@@ -246,10 +246,8 @@ impl Model {
             for d in t.dims() {
                 h.update((*d as u64).to_le_bytes());
             }
-            let values: Vec<f32> = t
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
+            let values: Vec<f32> =
+                crate::host::read(&t.to_dtype(candle_core::DType::F32)?, "model: fingerprint")?;
             for v in values {
                 h.update(v.to_le_bytes());
             }

@@ -4,7 +4,7 @@
 
 use std::collections::BinaryHeap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -103,11 +103,8 @@ pub(crate) fn check_embeddings(name: &str, e: &Tensor) -> Result<Tensor> {
     const ROWS: usize = 4096;
     for r0 in (0..n).step_by(ROWS) {
         let rows = ROWS.min(n - r0);
-        let block: Vec<f32> = e
-            .narrow(0, r0, rows)?
-            .flatten_all()?
-            .to_device(&Device::Cpu)?
-            .to_vec1()?;
+        let block: Vec<f32> =
+            crate::host::read(&e.narrow(0, r0, rows)?, "retrieval: finite check")?;
         if let Some(pos) = block.iter().position(|v| !v.is_finite()) {
             return Err(Error::Msg(format!(
                 "{name}: embedding {} has a NaN or infinite value (at dimension {}); check the model's output",
@@ -288,7 +285,7 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
             return Ok(f(&all[start..start + t.elem_count()]));
         }
     }
-    let host: Vec<f32> = t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
+    let host: Vec<f32> = crate::host::read(&t, "retrieval: distances")?;
     Ok(f(&host))
 }
 
@@ -304,13 +301,10 @@ fn squared_norms(x: &Tensor) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(n);
     for r0 in (0..n).step_by(ROWS) {
         let block = x.narrow(0, r0, ROWS.min(n - r0))?;
-        out.extend(
-            block
-                .sqr()?
-                .sum(1)?
-                .to_device(&Device::Cpu)?
-                .to_vec1::<f32>()?,
-        );
+        out.extend(crate::host::read::<f32>(
+            &block.sqr()?.sum(1)?,
+            "retrieval: norms",
+        )?);
     }
     Ok(out)
 }

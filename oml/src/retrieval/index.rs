@@ -475,10 +475,7 @@ fn new_hnsw(config: &IndexConfig, dim: usize) -> Result<usearch::Index> {
 
 /// Rows of a `[N, D]` f32 tensor as one host vector.
 fn host_rows(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?)
+    crate::host::read(&t.to_dtype(DType::F32)?, "index: rows")
 }
 
 /// Room for `capacity` vectors and a search or insert context per rayon thread (and two more

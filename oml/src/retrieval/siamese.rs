@@ -398,7 +398,7 @@ impl PairwiseScorer for SiameseScorer {
                 .images
                 .to_device(&self.device)?;
             let s = self.net.predict(&x1, &x2, self.use_tta)?;
-            out.extend(s.to_device(&Device::Cpu)?.to_vec1::<f32>()?);
+            out.extend(crate::host::read::<f32>(&s, "re-ranker: scores")?);
         }
         Ok(out)
     }
@@ -428,7 +428,7 @@ impl PairsMiner {
     /// The pairs of `features` `[B, D]` with `labels` (OML's Euclidean distances).
     pub fn sample(&self, features: &Tensor, labels: &[i64]) -> Result<MinedPairs> {
         crate::losses::miners::check_labels(labels)?;
-        let dist = distance_matrix(features)?;
+        let dist = distance_matrix(features, "re-ranker: pairs miner")?;
         let t = if self.hard_mining {
             HardTripletsMiner.mine(&dist, labels, None)?
         } else {
@@ -699,7 +699,7 @@ pub fn fit_siamese(
                 .collect();
             let target = Tensor::from_vec(target, pairs.is_negative.len(), &device)?;
             let loss = bce_with_logits(&logits, &target)?;
-            let value = loss.to_scalar::<f32>()? as f64;
+            let value = crate::host::scalar::<f32>(&loss, "re-ranker: loss")? as f64;
             if !value.is_finite() {
                 return Err(Error::Msg(format!(
                     "the re-ranker's loss is {value} at step {}: lower the learning rate",

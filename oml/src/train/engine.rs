@@ -182,25 +182,28 @@ impl<'a> Engine<'a> {
         self.job.cfg
     }
 
+    /// Whether an update needs the gradients' norm (clipping, or the f16 loss scale's check).
+    fn needs_norm(&self) -> bool {
+        self.job.cfg.clip_grad_norm.is_some() || self.run.scaler.is_some()
+    }
+
     /// One optimiser update from the (summed) gradients `grads`, `unscale` turning them into the
     /// mean gradient at loss scale 1; the f16 loss scale and gradient clipping as PyTorch's.
-    /// `overflowed`: a batch since the last update was not finite (f16), so the update is skipped.
+    /// `norm`: the gradients' global norm at loss scale 1, read with the step's scalars, where
+    /// [`Engine::needs_norm`]. `overflowed`: a batch since the last update was not finite (f16),
+    /// so the update is skipped.
+    #[allow(clippy::too_many_arguments)]
     fn update(
         &mut self,
         grads: Option<candle_core::backprop::GradStore>,
         unscale: f64,
+        norm: Option<f64>,
         lr: f64,
         total: usize,
         overflowed: bool,
         logs: &mut BTreeMap<String, f64>,
     ) -> Result<()> {
         let cfg = self.job.cfg;
-        let norm = match (&grads, cfg.clip_grad_norm, &self.run.scaler) {
-            (Some(g), Some(_), _) | (Some(g), _, Some(_)) => {
-                Some(self.optimizer.grad_norm(g)? * unscale)
-            }
-            _ => None,
-        };
         let apply = match self.run.scaler.as_mut() {
             Some(sc) => {
                 logs.insert("loss_scale".into(), sc.scale);
@@ -423,7 +426,8 @@ impl<'a> Engine<'a> {
                 cache: cfg.cache_images,
                 seed: cfg.seed,
             },
-        )?;
+        )?
+        .with_device(self.device.clone());
         let loader = match cfg.on_bad_image {
             super::BadImagePolicy::Skip => loader.skip_unreadable(self.job.train.labels())?,
             super::BadImagePolicy::Error => loader,
@@ -509,17 +513,46 @@ impl<'a> Engine<'a> {
                     .iter()
                     .map(|&j| self.job.train.labels()[j] as i64)
                     .collect();
+                crate::host::set_step(Some(self.run.step as u64));
+                // Uploaded by the loader's prefetch thread: a no-op here.
                 let x = b.images.to_device(&self.device)?;
                 let net = Autocast::new(self.net.as_ref(), self.precision.dtype());
                 let emb = net.forward_t(&x, !frozen)?;
                 let out = self.criterion.forward(&emb, &labels)?;
-                let loss = out.loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
-                // A relu can turn NaN embeddings into a finite loss: check both.
-                let emb_sum = emb
-                    .detach()
-                    .sum_all()?
-                    .to_dtype(DType::F32)?
-                    .to_scalar::<f32>()?;
+                // The backward pass runs whatever the loss: a non-finite one is an error (f32,
+                // bf16) or a skipped update (f16, as PyTorch's GradScaler) once it is read below.
+                let grads = match &self.run.scaler {
+                    Some(sc) => (&out.loss * sc.scale)?.backward()?,
+                    None => out.loss.backward()?,
+                };
+                let unscale = self.run.scaler.as_ref().map_or(1.0, |sc| 1.0 / sc.scale);
+                match pending.as_mut() {
+                    Some(p) => p.extend(grads)?,
+                    None => pending = Some(grads),
+                }
+                micro += 1;
+                let due = micro >= accumulate || i + 1 == n_batches;
+                // The one copy off the device of this step: the loss, the embeddings' sum (a relu
+                // can turn NaN embeddings into a finite loss: both are checked), the gradients'
+                // squared norm when the update needs it, and the loss's logs.
+                let mut scalars = vec![out.loss.to_dtype(DType::F32)?, emb.detach().sum_all()?];
+                let norm_sq = match (&pending, due && self.needs_norm()) {
+                    (Some(g), true) => self.optimizer.grad_norm_sq(g)?,
+                    _ => None,
+                };
+                scalars.extend(norm_sq.clone());
+                scalars.extend(out.device_logs.values().cloned());
+                let read = crate::host::scalars(&scalars, "train: step scalars")?;
+                let (loss, emb_sum) = (read[0], read[1]);
+                let norm_sq = norm_sq.map(|_| read[2]);
+                let skip = 2 + usize::from(norm_sq.is_some());
+                let mut logs = out.logs.clone();
+                logs.extend(
+                    out.device_logs
+                        .keys()
+                        .cloned()
+                        .zip(read[skip..].iter().copied()),
+                );
                 let finite = loss.is_finite() && emb_sum.is_finite();
                 // Under f16 a non-finite forward pass is an overflow, handled below as PyTorch's
                 // GradScaler handles it: the step skipped, the loss scale halved.
@@ -541,31 +574,18 @@ impl<'a> Engine<'a> {
                         self.run.step
                     )));
                 }
-                let (grads, unscale) = match (&self.run.scaler, finite) {
-                    (Some(sc), true) => (Some((&out.loss * sc.scale)?.backward()?), 1.0 / sc.scale),
-                    (Some(sc), false) => (None, 1.0 / sc.scale),
-                    (None, _) => (Some(out.loss.backward()?), 1.0),
-                };
-                match grads {
-                    Some(g) if !poisoned => match pending.as_mut() {
-                        Some(p) => p.extend(g)?,
-                        None => pending = Some(g),
-                    },
-                    Some(_) => {}
-                    None => poisoned = true,
-                }
-                micro += 1;
-                let mut logs = out.logs.clone();
+                poisoned |= !finite;
                 let lr = cfg.optimizer.lr()
                     * cfg.scheduler.factor(self.run.step, total)
                     * self.run.plateau.lr_factor;
-                if micro >= accumulate || i + 1 == n_batches {
+                if due {
                     // The mean gradient of the accumulated batches.
                     let unscale = unscale / micro as f64;
+                    let norm = norm_sq.map(|sq| sq.sqrt() * unscale);
                     let grads = pending.take();
                     let overflowed = std::mem::take(&mut poisoned);
                     micro = 0;
-                    self.update(grads, unscale, lr, total, overflowed, &mut logs)?;
+                    self.update(grads, unscale, norm, lr, total, overflowed, &mut logs)?;
                 }
                 self.run.step += 1;
                 self.run.batch_in_epoch += 1;
@@ -578,6 +598,7 @@ impl<'a> Engine<'a> {
                     logs: logs.clone(),
                     seconds: start.elapsed().as_secs_f64(),
                 })?;
+                crate::host::set_step(None);
                 let rate = images_since as f64 / since.elapsed().as_secs_f64().max(1e-9);
                 let left = goal.saturating_sub(self.run.step);
                 let mut eta = left as f64 * batch as f64 / rate.max(1e-9);

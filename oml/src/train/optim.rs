@@ -219,25 +219,45 @@ impl Optimizer {
         &self.kind
     }
 
-    /// Global L2 norm of the gradients of the trainable parameters.
+    /// Global L2 norm of the gradients of the trainable parameters (read to the host).
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut total = 0f64;
+        match self.grad_norm_sq(grads)? {
+            Some(sq) => Ok(crate::host::scalar::<f64>(&sq, "optimizer: gradient norm")?.sqrt()),
+            None => Ok(0.0),
+        }
+    }
+
+    /// The squared global L2 norm of the gradients of the trainable parameters, as an `f64`
+    /// scalar on their device (summed there: nothing is read back); `None` without gradients.
+    pub fn grad_norm_sq(&self, grads: &GradStore) -> Result<Option<Tensor>> {
+        let mut host = 0f64;
+        let mut on_device: Option<Tensor> = None;
+        let mut device = None;
         for g in self.groups.iter().filter(|g| !g.frozen) {
             for (_, var) in &g.params {
                 if let Some(grad) = grads.get(var.as_tensor()) {
+                    device.get_or_insert_with(|| grad.device().clone());
+                    // The CPU's fused kernel sums on the host, where the gradient is.
                     if let Some(sq) = oml_kernels::sum_squares(grad)? {
-                        total += sq;
+                        host += sq;
                         continue;
                     }
-                    total += grad
-                        .sqr()?
-                        .sum_all()?
-                        .to_dtype(candle_core::DType::F64)?
-                        .to_scalar::<f64>()?;
+                    let sq = grad.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+                    on_device = Some(match on_device {
+                        Some(t) => (t + sq)?,
+                        None => sq,
+                    });
                 }
             }
         }
-        Ok(total.sqrt())
+        let Some(device) = device else {
+            return Ok(None);
+        };
+        let host = Tensor::new(host, &device)?;
+        Ok(Some(match on_device {
+            Some(t) => (t + host)?,
+            None => host,
+        }))
     }
 
     /// One update with learning rate `lr` (times each group's scale); gradients are scaled by

@@ -1,7 +1,7 @@
 //! Pictures of embeddings for teaching: a 2-D projection coloured by label, the distances of
 //! positive and negative pairs, and the triplets a miner picks from a batch.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use plotters::prelude::*;
 
 use super::grid::{ImageGrid, Tile};
@@ -14,11 +14,7 @@ use crate::{Error, Result};
 /// Rows of `embeddings` `[N, D]` as `f32` vectors on the host.
 fn rows(embeddings: &Tensor) -> Result<(usize, usize, Vec<f32>)> {
     let (n, d) = embeddings.dims2()?;
-    let flat = embeddings
-        .to_dtype(DType::F32)?
-        .to_device(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let flat = crate::host::read::<f32>(&embeddings.to_dtype(DType::F32)?, "viz: embeddings")?;
     Ok((n, d, flat))
 }
 
@@ -234,7 +230,7 @@ pub fn triplets_grid(
         items: batch.to_vec(),
     })?;
     let sampled = miner.build(0)?.sample(embeddings, &labels)?;
-    let Some(t) = sampled.triplets else {
+    let Some(t) = sampled.indices()? else {
         return Err(Error::Msg(
             "this miner gives vectors, not batch indices (HardClusterMiner): nothing to draw"
                 .into(),
