@@ -5,7 +5,7 @@
 # Linking needs the driver and the CUDA libraries, which this step does not (see the README's CUDA
 # section).
 #
-#   bash .ci/cuda.sh              # clippy --all-targets --features cuda -D warnings
+#   bash .ci/cuda.sh              # clippy --all-targets --features cuda (then cudnn) -D warnings
 #   bash .ci/cuda.sh env          # print the environment lines, to build by hand
 #   bash .ci/cuda.sh link [OUT]   # a linked `oml` with --features cuda in OUT (default
 #                                 # target-cuda/): CUDA's runtime libraries from PyPI wheels, a link
@@ -67,3 +67,6 @@ if [ "${1:-}" = env ]; then
 fi
 "$CUDA_HOME/bin/nvcc" --version | tail -n 2
 cargo clippy --all-targets --features cuda -- -D warnings
+# cuDNN too: cudarc's cuDNN bindings are Rust (no header or library is needed to compile them), so
+# the same toolkit checks it (measured: 19 s on top of the `cuda` check's warm target).
+cargo clippy --all-targets --features cudnn -- -D warnings
