@@ -1148,4 +1148,14 @@ fn a_training_step_copies_only_its_logged_scalars_to_the_host() {
         Some(&(1, 8 * 8 * 4)),
         "{step:?}"
     );
+    // A run on the trainer's own thread is recorded too.
+    t.set_max_steps(Some(3));
+    let profile = Profile::start();
+    t.spawn().expect("spawn").join().expect("join");
+    let step = per_step(&profile.finish(), 2..3);
+    assert_eq!(
+        step.get(&("train: step scalars", Direction::ToHost)),
+        Some(&(1, 16)),
+        "{step:?}"
+    );
 }

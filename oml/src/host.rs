@@ -84,7 +84,8 @@ fn record(site: &'static str, direction: Direction, bytes: usize) {
 }
 
 /// Records the copies made on this thread, and on the threads oml starts for the work (the
-/// loader's prefetch thread), from [`Profile::start`] to [`Profile::finish`] (or the drop).
+/// loader's prefetch thread, the thread of [`crate::Trainer::spawn`]), from [`Profile::start`] to
+/// [`Profile::finish`] (or the drop).
 pub struct Profile {
     shared: Shared,
     previous: Option<Shared>,

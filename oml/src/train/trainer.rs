@@ -378,9 +378,12 @@ impl Trainer {
     pub fn spawn(&self) -> Result<Run> {
         let claim = self.claim()?;
         let trainer = self.clone();
+        // A host-copy profile started here records the run's thread too.
+        let recorder = crate::host::Inherited::here();
         let handle = std::thread::Builder::new()
             .name("oml-train".into())
             .spawn(move || {
+                recorder.install();
                 // The claim taken above is this thread's now: released when the fit ends.
                 let _claim = Claim(&trainer.inner.running);
                 trainer.fit_claimed()
