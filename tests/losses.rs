@@ -859,9 +859,11 @@ fn arcface_with_mlp_matches_oml_values_and_every_gradient() {
 }
 
 /// OML's hard miner chooses on the device (nothing read back); its choices are the host miner's,
-/// ties included (the first index), on random batches and on batches with duplicated rows.
+/// ties included (the first index), on random batches and on batches of 0/1 vectors, where most
+/// distances tie (checked: ties among the farthest positives and the closest negatives occur).
 #[test]
 fn the_hard_miner_on_the_device_chooses_as_on_the_host() {
+    use rand::{Rng, SeedableRng};
     let read = |t: &Tensor| -> Vec<usize> {
         t.to_vec1::<u32>()
             .expect("ids")
@@ -869,30 +871,40 @@ fn the_hard_miner_on_the_device_chooses_as_on_the_host() {
             .map(|i| i as usize)
             .collect()
     };
-    for seed in 0..6u64 {
+    let (mut pos_ties, mut neg_ties) = (0, 0);
+    for seed in 0..8u64 {
         let b = 12;
         let labels: Vec<i64> = (0..b as i64).map(|i| (i * 7 + seed as i64) % 4).collect();
-        let x = Tensor::randn(0f32, 1.0, (b, 5), &Device::Cpu).expect("x");
-        // Duplicated rows from seed 3 on: exact ties among positives and among negatives.
-        let x = if seed >= 3 {
-            let ids: Vec<u32> = (0..b as u32).map(|i| i / 2 * 2).collect();
-            x.index_select(&Tensor::new(ids.as_slice(), &Device::Cpu).expect("ids"), 0)
-                .expect("dup")
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        // Random values, or from seed 2 on 0/1 vectors of 3 entries: many exact ties.
+        let values: Vec<f32> = if seed < 2 {
+            (0..b * 3)
+                .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+                .collect()
         } else {
-            x
+            (0..b * 3)
+                .map(|_| f32::from(u8::from(rng.random::<bool>())))
+                .collect()
         };
+        let x = Tensor::from_vec(values, (b, 3), &Device::Cpu).expect("x");
         let dist = oml::losses::pairwise_dist(&x, &x).expect("dist");
-        let host = HardTripletsMiner
-            .mine(
-                &dist
-                    .flatten_all()
-                    .expect("flat")
-                    .to_vec1::<f32>()
-                    .expect("d"),
-                &labels,
-                None,
-            )
-            .expect("host");
+        let flat = dist
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("d");
+        let host = HardTripletsMiner.mine(&flat, &labels, None).expect("host");
+        for a in 0..b {
+            let row = &flat[a * b..(a + 1) * b];
+            let same = |j: &usize| labels[*j] == labels[a];
+            let far = (0..b).filter(same).map(|j| row[j]).fold(f32::MIN, f32::max);
+            let near = (0..b)
+                .filter(|j| !same(j))
+                .map(|j| row[j])
+                .fold(f32::MAX, f32::min);
+            pos_ties += usize::from((0..b).filter(|j| same(j) && row[*j] == far).count() > 1);
+            neg_ties += usize::from((0..b).filter(|j| !same(j) && row[*j] == near).count() > 1);
+        }
         let (pos, neg) = HardTripletsMiner
             .mine_on_device(&dist, &labels)
             .expect("device");
@@ -913,4 +925,5 @@ fn the_hard_miner_on_the_device_chooses_as_on_the_host() {
             );
         }
     }
+    assert!(pos_ties > 5 && neg_ties > 5, "ties: {pos_ties}, {neg_ties}");
 }

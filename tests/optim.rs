@@ -146,3 +146,58 @@ fn a_scheduled_momentum_replaces_the_configured_one() {
     let p: Vec<f32> = var.as_tensor().to_vec1().expect("p");
     assert!((p[0] + 2.5).abs() < 1e-6, "{p:?}");
 }
+
+/// The squared gradient norm that a training step reads with its scalars: summed on the device
+/// for gradients the CPU's fused kernel does not take (here `f64`), on the host for the others
+/// (`f32` on the CPU), and both added; frozen groups left out; `None` without gradients.
+#[test]
+fn the_gradient_norm_adds_the_devices_and_the_fused_kernels_sums() {
+    let dev = Device::Cpu;
+    let a = Var::from_tensor(&Tensor::new(&[1f32, -2.0, 3.0], &dev).expect("a")).expect("var");
+    let b = Var::from_tensor(&Tensor::new(&[0.5f64, 4.0], &dev).expect("b")).expect("var");
+    let c = Var::from_tensor(&Tensor::new(&[7f32], &dev).expect("c")).expect("var");
+    // loss = sum(a^2) + sum(b^3) + c: gradients 2a, 3b^2, 1.
+    let loss = (a.as_tensor().sqr().expect("sq").sum_all().expect("sum")
+        + b.as_tensor()
+            .powf(3.0)
+            .expect("cube")
+            .sum_all()
+            .expect("sum")
+            .to_dtype(candle_core::DType::F32)
+            .expect("f32"))
+    .expect("add");
+    let loss = (loss + c.as_tensor().sum_all().expect("c")).expect("add");
+    let grads = loss.backward().expect("backward");
+    let group = |name: &str, params: Vec<(String, Var)>, frozen: bool| ParamGroup {
+        name: name.into(),
+        params,
+        lr_scale: 1.0,
+        frozen,
+    };
+    let opt = Optimizer::new(
+        OptimizerKind::adamw(1e-3),
+        vec![
+            group("a", vec![("a".into(), a.clone())], false),
+            group("b", vec![("b".into(), b.clone())], false),
+            group("c", vec![("c".into(), c.clone())], true),
+        ],
+    )
+    .expect("optimizer");
+    let sq = opt
+        .grad_norm_sq(&grads)
+        .expect("norm")
+        .expect("gradients")
+        .to_scalar::<f64>()
+        .expect("f64");
+    let want = 4.0 * (1.0 + 4.0 + 9.0) + (3.0f64 * 0.25).powi(2) + (3.0f64 * 16.0).powi(2);
+    assert!((sq - want).abs() < 1e-9 * want, "{sq} vs {want}");
+    assert!((opt.grad_norm(&grads).expect("norm") - want.sqrt()).abs() < 1e-9 * want);
+    let none = Optimizer::new(
+        OptimizerKind::adamw(1e-3),
+        vec![group("c", vec![("c".into(), c)], false)],
+    )
+    .expect("optimizer");
+    let other = (a.as_tensor().sum_all().expect("s") * 2.0).expect("x");
+    let only_a = other.backward().expect("backward");
+    assert!(none.grad_norm_sq(&only_a).expect("norm").is_none());
+}

@@ -1,11 +1,14 @@
 //! Every copy of a tensor between the host and a device, named by the code that makes it.
 //!
-//! oml reads tensors back to the host only through [`read`], [`scalar`] and [`to_cpu`], and
-//! uploads the images of a batch through [`upload`]; clippy enforces it (`oml/clippy.toml` forbids
-//! candle's `to_vec*` and `to_scalar` elsewhere in the library). Each call names its site, so a
-//! [`Profile`] shows what a training step copies off the device, and where. On a GPU each read is
-//! a copy and a wait for the device; on the CPU the same calls are counted, so the CPU build
-//! shows what a GPU run would copy.
+//! The library reads tensors' values on the host only through [`read`], [`scalar`] and
+//! [`scalars`]; clippy enforces it (`oml/clippy.toml` forbids candle's `to_vec*` and `to_scalar`
+//! elsewhere in the library). The trainer also copies whole tensors to the CPU through [`to_cpu`]
+//! (weights and optimiser state at checkpoints and at the end of a fit), and the loader uploads
+//! batches through [`upload`]. Each call names its site, so a [`Profile`] shows what a training
+//! step copies off the device, and where. On a GPU each read is a copy and a wait for the device;
+//! on the CPU the same calls are counted, so the CPU build shows what a GPU run would copy.
+//! (Outside training, a few whole-tensor copies for the index, the re-ranker's snapshots and
+//! `doctor` call candle's `to_device` directly and are not counted.)
 //!
 //! ```
 //! # fn main() -> oml::Result<()> {
@@ -93,7 +96,7 @@ pub struct Profile {
 
 impl Profile {
     /// Starts recording on this thread (a profile started inside another one takes over until it
-    /// ends).
+    /// ends: finish the inner one first).
     pub fn start() -> Profile {
         let shared: Shared = Arc::default();
         let previous = CURRENT.with(|c| c.borrow_mut().replace(shared.clone()));
@@ -195,8 +198,8 @@ pub fn upload(t: &Tensor, device: &Device, site: &'static str) -> Result<Tensor>
     Ok(t.to_device(device)?)
 }
 
-/// Copies per training step, by site and direction: `(site, direction) -> (copies, bytes)` summed
-/// over the steps `first..first + n` of `transfers`.
+/// Copies by site and direction, `(site, direction) -> (copies, bytes)`, summed over the
+/// training steps `steps` of `transfers`.
 pub fn per_step(
     transfers: &[Transfer],
     steps: std::ops::Range<u64>,

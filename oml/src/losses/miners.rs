@@ -1,7 +1,9 @@
 //! Triplet miners with OML's semantics. Distances are computed on the features' device (one
 //! `[B, B]` matrix, detached) and the chosen rows are gathered there, so gradients reach every
 //! selected row. Where the selection runs:
-//! - `HardTripletsMiner` (the demo's and OML's usual miner): on the device, nothing read back;
+//! - `HardTripletsMiner` (the demo's and OML's usual miner) as a [`TripletMiner`]: on the device,
+//!   nothing read back (as an [`IndexMiner`], inside `MinerWithBank`, PML's losses or the
+//!   re-ranker's pairs miner, it chooses on the host over the matrix read back);
 //! - `AllTripletsMiner`, `TripletMinerWithMemory`: from the labels alone, nothing read back;
 //! - `NHardTripletsMiner`, `MinerWithBank`, `HardClusterMiner`: on the host, over the matrix read
 //!   back once per batch (named in a [`crate::host::Profile`]).

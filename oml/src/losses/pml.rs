@@ -75,12 +75,14 @@ fn masked_logsumexp(x: &Tensor, mask: &[bool], add_one: bool) -> Result<Tensor> 
 
 /// PML's `AvgNonZeroReducer`: the mean of the strictly positive entries of `losses` `[N]`, or
 /// the zero loss when there are none.
-/// Computed on the device: with no positive entry the sum is 0 over a count of 1, a zero with a
-/// zero gradient.
+/// Computed on the device: the other entries (NaN too, as PML's `losses[losses > 0]`) are
+/// selected away, so with no positive entry the sum is 0 over a count of 1, a zero with a zero
+/// gradient.
 fn avg_non_zero(losses: &Tensor) -> Result<Tensor> {
-    let keep = losses.detach().gt(0.0)?.to_dtype(losses.dtype())?;
-    let count = keep.sum_all()?.maximum(1.0)?;
-    Ok((losses * keep)?.sum_all()?.div(&count)?)
+    let keep = losses.detach().gt(0.0)?;
+    let count = keep.to_dtype(losses.dtype())?.sum_all()?.maximum(1.0)?;
+    let kept = keep.where_cond(losses, &losses.zeros_like()?)?;
+    Ok(kept.sum_all()?.div(&count)?)
 }
 
 fn mean(losses: &Tensor) -> Result<Tensor> {

@@ -68,7 +68,9 @@ fn copies(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
         .map(|(k, v)| {
             Ok((
                 k.clone(),
-                v.as_tensor().to_device(&Device::Cpu)?.copy()?.detach(),
+                crate::host::to_cpu(v.as_tensor(), "train: weights to the CPU")?
+                    .copy()?
+                    .detach(),
             ))
         })
         .collect()
@@ -207,7 +209,8 @@ impl<'a> Engine<'a> {
         let apply = match self.run.scaler.as_mut() {
             Some(sc) => {
                 logs.insert("loss_scale".into(), sc.scale);
-                let ok = sc.update(!overflowed && norm.is_some_and(f64::is_finite));
+                // No norm: no trainable parameter got a gradient (nothing overflowed).
+                let ok = sc.update(!overflowed && norm.is_none_or(f64::is_finite));
                 if !ok && sc.scale < 1.0 / GradScaler::INIT {
                     return Err(Error::Msg(format!(
                         "the forward pass or the gradients overflow f16 at every loss \
@@ -254,14 +257,20 @@ impl<'a> Engine<'a> {
         let (moments, steps) = self.optimizer.state();
         let mut cpu = HashMap::new();
         for (k, t) in moments {
-            cpu.insert(k, t.to_device(&Device::Cpu)?.detach());
+            cpu.insert(
+                k,
+                crate::host::to_cpu(&t, "train: moments to the CPU")?.detach(),
+            );
         }
         run.moments = cpu;
         run.param_steps = steps;
         let state = self.criterion.state()?;
         let mut tensors = HashMap::new();
         for (k, t) in state.tensors {
-            tensors.insert(k, t.to_device(&Device::Cpu)?.detach());
+            tensors.insert(
+                k,
+                crate::host::to_cpu(&t, "train: loss state to the CPU")?.detach(),
+            );
         }
         run.loss_state = LossState {
             tensors,

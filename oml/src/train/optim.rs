@@ -230,7 +230,7 @@ impl Optimizer {
     /// The squared global L2 norm of the gradients of the trainable parameters, as an `f64`
     /// scalar on their device (summed there: nothing is read back); `None` without gradients.
     pub fn grad_norm_sq(&self, grads: &GradStore) -> Result<Option<Tensor>> {
-        let mut host = 0f64;
+        let mut host: Option<f64> = None;
         let mut on_device: Option<Tensor> = None;
         let mut device = None;
         for g in self.groups.iter().filter(|g| !g.frozen) {
@@ -239,7 +239,7 @@ impl Optimizer {
                     device.get_or_insert_with(|| grad.device().clone());
                     // The CPU's fused kernel sums on the host, where the gradient is.
                     if let Some(sq) = oml_kernels::sum_squares(grad)? {
-                        host += sq;
+                        *host.get_or_insert(0.0) += sq;
                         continue;
                     }
                     let sq = grad.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
@@ -253,10 +253,10 @@ impl Optimizer {
         let Some(device) = device else {
             return Ok(None);
         };
-        let host = Tensor::new(host, &device)?;
-        Ok(Some(match on_device {
-            Some(t) => (t + host)?,
-            None => host,
+        Ok(Some(match (on_device, host) {
+            (Some(t), Some(h)) => (t + h)?,
+            (Some(t), None) => t,
+            (None, h) => Tensor::new(h.unwrap_or(0.0), &device)?,
         }))
     }
 
