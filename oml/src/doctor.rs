@@ -573,29 +573,46 @@ fn fixed_batch_dataset(dir: &Path, side: u32) -> Result<ImageLabeledDataset> {
     ImageLabeledDataset::from_csv(&path, None)
 }
 
+/// `steps` steps (one batch of the fixed dataset each) of the probe ViT on `device` in
+/// `precision` with `loss`, quietly; `clip`: `clip_grad_norm`.
+#[allow(clippy::too_many_arguments)]
+fn probe_fit(
+    device: &str,
+    train: &ImageLabeledDataset,
+    (spec, side): &(ModelSpec, usize),
+    precision: Precision,
+    loss: Loss,
+    steps: usize,
+    clip: Option<f64>,
+) -> Result<crate::train::FitReport> {
+    let transform = Transform::preset("norm_resize_torch", *side as u32)?;
+    let model = checked_model(spec, 5)?
+        .with_device(device)?
+        .with_precision(precision)
+        .with_transform(transform.clone());
+    let cfg = FitConfig {
+        max_epochs: steps,
+        sampler: crate::samplers::SamplerConfig::balance(4, 2),
+        optimizer: OptimizerKind::adamw(1e-3),
+        scheduler: Schedule::Constant { warmup_steps: 0 },
+        clip_grad_norm: clip,
+        valid_every_epochs: 0,
+        log_every_steps: 1000,
+        log_every_seconds: 1e9,
+        ..FitConfig::default()
+    };
+    Trainer::builder(model, train, loss)
+        .config(cfg)
+        .train_transform(transform)
+        .fit()
+}
+
 fn training_checks(device: &str, train: &ImageLabeledDataset, quick: bool) -> Result<Vec<Check>> {
-    let (spec, side) = probe_vit(quick)?;
-    let steps = 6;
+    let probe = probe_vit(quick)?;
     let mut out = Vec::new();
     for precision in [Precision::F32, Precision::Bf16, Precision::F16] {
-        let model = checked_model(&spec, 5)?
-            .with_device(device)?
-            .with_precision(precision)
-            .with_transform(Transform::preset("norm_resize_torch", side as u32)?);
-        let cfg = FitConfig {
-            max_epochs: steps,
-            sampler: crate::samplers::SamplerConfig::balance(4, 2),
-            optimizer: OptimizerKind::adamw(1e-3),
-            scheduler: Schedule::Constant { warmup_steps: 0 },
-            valid_every_epochs: 0,
-            log_every_steps: 1000,
-            log_every_seconds: 1e9,
-            ..FitConfig::default()
-        };
-        let fit = Trainer::builder(model, train, Loss::arcface_with(0.5, 16.0))
-            .config(cfg)
-            .train_transform(Transform::preset("norm_resize_torch", side as u32)?)
-            .fit();
+        let loss = Loss::arcface_with(0.5, 16.0);
+        let fit = probe_fit(device, train, &probe, precision, loss, 6, None);
         let (status, figure) = match fit {
             Ok(r) => {
                 let l = r.history.losses();
@@ -629,7 +646,7 @@ fn training_checks(device: &str, train: &ImageLabeledDataset, quick: bool) -> Re
 /// the f16 loss scale needs it, the loss's logs). PML's miners select on the host: their line
 /// shows the distance matrix they read (a measurement, not a check).
 fn host_copy_checks(device: &str, train: &ImageLabeledDataset, quick: bool) -> Result<Vec<Check>> {
-    let (spec, side) = probe_vit(quick)?;
+    let probe = probe_vit(quick)?;
     let steps = 3u64;
     let cases = [
         (
@@ -670,26 +687,8 @@ fn host_copy_checks(device: &str, train: &ImageLabeledDataset, quick: bool) -> R
     ];
     let mut out = Vec::new();
     for (what, loss, precision, clip, one) in cases {
-        let model = checked_model(&spec, 5)?
-            .with_device(device)?
-            .with_precision(precision)
-            .with_transform(Transform::preset("norm_resize_torch", side as u32)?);
-        let cfg = FitConfig {
-            max_steps: Some(steps as usize),
-            sampler: crate::samplers::SamplerConfig::balance(4, 2),
-            optimizer: OptimizerKind::adamw(1e-3),
-            scheduler: Schedule::Constant { warmup_steps: 0 },
-            clip_grad_norm: clip,
-            valid_every_epochs: 0,
-            log_every_steps: 1000,
-            log_every_seconds: 1e9,
-            ..FitConfig::default()
-        };
         let profile = crate::host::Profile::start();
-        let fit = Trainer::builder(model, train, loss)
-            .config(cfg)
-            .train_transform(Transform::preset("norm_resize_torch", side as u32)?)
-            .fit();
+        let fit = probe_fit(device, train, &probe, precision, loss, steps as usize, clip);
         let transfers = profile.finish();
         let (status, figure) = match fit {
             Ok(_) => {
