@@ -1159,3 +1159,49 @@ fn a_training_step_copies_only_its_logged_scalars_to_the_host() {
         "{step:?}"
     );
 }
+
+/// A cosine schedule in a fit that the clock ends completes with it: the horizon is the step the
+/// budget is expected to end at, so the last steps run at a small fraction of the base rate (a
+/// constant-rate run ends wherever the clock stops it).
+#[test]
+fn a_cosine_schedule_ends_with_the_time_budget() {
+    let data = tempfile::tempdir().expect("tmp");
+    let table = glyphs(data.path());
+    let train = ImageLabeledDataset::from_table(table.clone(), Some(Split::Train)).expect("train");
+    let base = 1e-3;
+    let t = Trainer::builder(tiny_vit(Precision::F32), &train, Loss::triplet_hard(0.1))
+        .config(FitConfig {
+            max_epochs: 100_000,
+            max_steps: None,
+            max_seconds: Some(4.0),
+            scheduler: Schedule::Cosine {
+                warmup_steps: 0,
+                min_lr_ratio: 0.0,
+            },
+            ..quick_cfg(1)
+        })
+        .build()
+        .expect("trainer");
+    let r = t.fit().expect("fit");
+    assert_eq!(r.ending, Ending::TimeBudget);
+    let lrs: Vec<f64> = t
+        .history()
+        .records()
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step { lr, .. } => Some(*lr),
+            _ => None,
+        })
+        .collect();
+    assert!(lrs.len() > 20, "{} steps", lrs.len());
+    // Before the estimate (10 steps) the horizon is the epochs' end: the base rate.
+    assert!((lrs[5] - base).abs() < 1e-9 * base, "{}", lrs[5]);
+    let last = lrs[lrs.len() - 1];
+    assert!(
+        last < 0.05 * base,
+        "the last step's rate {last:e} of {base:e}"
+    );
+    // Halfway through the steps, on the way down (where exactly depends on the pace).
+    let mid = lrs[lrs.len() / 2];
+    assert!(mid > 0.02 * base && mid < 0.98 * base, "{mid:e}");
+}

@@ -299,7 +299,7 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
     println!("   before fine-tuning: CMC@1 {:.3}", m_before.cmc(1));
 
     println!(
-        "4/5 fine-tuning for {:.0} s ({}, AdamW at {:.0e}, {} px)",
+        "4/5 fine-tuning for {:.0} s ({}, AdamW at {:.0e} with a cosine decay to the budget's end, {} px)",
         cfg.budget_seconds,
         r.loss.describe(),
         r.lr,
@@ -318,7 +318,12 @@ pub fn run(cfg: &DemoConfig) -> Result<DemoReport> {
         max_epochs: 100_000,
         sampler,
         optimizer: OptimizerKind::adamw(r.lr),
-        scheduler: Schedule::Constant { warmup_steps: 20 },
+        // Cosine to the budget's end: the run ends annealed, not at a random point of a constant
+        // rate (measured with a constant rate: CMC@1 from 0.415 to 0.519 over five 5-minute runs).
+        scheduler: Schedule::Cosine {
+            warmup_steps: 20,
+            min_lr_ratio: 0.0,
+        },
         max_seconds: Some(cfg.budget_seconds),
         valid_every_epochs: 0,
         log_every_steps: 50,

@@ -88,6 +88,32 @@ fn fresh_state(state: &LossState, device: &Device) -> Result<LossState> {
     })
 }
 
+/// The step a schedule that needs the run's length (cosine, one cycle) ends at: the epochs' last,
+/// or, for a fit with a time budget, the step the budget is expected to end at (this fit's steps
+/// so far, at this fit's pace, from its tenth step on), whichever comes first; so that the
+/// schedule completes with the run that the clock ends.
+fn schedule_horizon(
+    cfg: &FitConfig,
+    step: usize,
+    first_step: usize,
+    total: usize,
+    start: &Instant,
+) -> usize {
+    let needs = matches!(
+        cfg.scheduler,
+        super::Schedule::Cosine { .. } | super::Schedule::OneCycle { .. }
+    );
+    let done = step.saturating_sub(first_step);
+    match cfg.max_seconds {
+        Some(budget) if needs && done >= 10 => {
+            let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+            let expected = first_step as f64 + done as f64 * budget / elapsed;
+            (expected.round() as usize).clamp(step + 1, total.max(step + 1))
+        }
+        _ => total,
+    }
+}
+
 struct Engine<'a> {
     job: &'a Job<'a>,
     net: Box<dyn Extractor>,
@@ -445,6 +471,7 @@ impl<'a> Engine<'a> {
         let total = per_epoch * cfg.max_epochs;
         let batch = cfg.sampler.batch_size();
         let goal = cfg.max_steps.map_or(total, |m| m.min(total));
+        let first_step = self.run.step;
         let mut last_line = Instant::now();
         let mut images_since = 0usize;
         let mut since = Instant::now();
@@ -584,8 +611,9 @@ impl<'a> Engine<'a> {
                     )));
                 }
                 poisoned |= !finite;
+                let horizon = schedule_horizon(cfg, self.run.step, first_step, total, &start);
                 let lr = cfg.optimizer.lr()
-                    * cfg.scheduler.factor(self.run.step, total)
+                    * cfg.scheduler.factor(self.run.step, horizon)
                     * self.run.plateau.lr_factor;
                 if due {
                     // The mean gradient of the accumulated batches.
@@ -594,7 +622,7 @@ impl<'a> Engine<'a> {
                     let grads = pending.take();
                     let overflowed = std::mem::take(&mut poisoned);
                     micro = 0;
-                    self.update(grads, unscale, norm, lr, total, overflowed, &mut logs)?;
+                    self.update(grads, unscale, norm, lr, horizon, overflowed, &mut logs)?;
                 }
                 self.run.step += 1;
                 self.run.batch_in_epoch += 1;

@@ -83,7 +83,10 @@ pub struct FitConfig {
     /// `accumulate_grad_batches` the run ends at the next update, up to k - 1 batches later).
     /// Warm-up and schedules count the same steps.
     pub max_steps: Option<usize>,
-    /// Stop after this many seconds of training (counted from the start of each `fit`).
+    /// Stop after this many seconds of training (counted from the start of each `fit`). A cosine
+    /// or one-cycle schedule then ends with the budget: from the fit's tenth step on, its horizon
+    /// is the step the budget is expected to end at (at the fit's pace so far), when that comes
+    /// before the epochs' end.
     pub max_seconds: Option<f64>,
     /// A progress line every this many steps (in addition to `log_every_seconds`).
     pub log_every_steps: usize,
