@@ -114,13 +114,21 @@ impl LossOutput {
 
     /// Every log as a number (the device's in one copy).
     pub fn read_logs(&self) -> Result<BTreeMap<String, f64>> {
-        let keys: Vec<&String> = self.device_logs.keys().collect();
-        let values: Vec<Tensor> = self.device_logs.values().cloned().collect();
-        let read = crate::host::scalars(&values, "loss: logs")?;
-        let mut out = self.logs.clone();
-        out.extend(keys.into_iter().cloned().zip(read));
-        Ok(out)
+        merged_logs(&self.logs, &self.device_logs, "loss: logs")
     }
+}
+
+/// Host logs with device logs read in (one copy, named `site`).
+pub(crate) fn merged_logs(
+    host: &BTreeMap<String, f64>,
+    device: &BTreeMap<String, Tensor>,
+    site: &'static str,
+) -> Result<BTreeMap<String, f64>> {
+    let values: Vec<Tensor> = device.values().cloned().collect();
+    let read = crate::host::scalars(&values, site)?;
+    let mut out = host.clone();
+    out.extend(device.keys().cloned().zip(read));
+    Ok(out)
 }
 
 /// What a loss or a miner keeps between batches (memory banks, counters, generator positions,

@@ -162,10 +162,7 @@ impl Criterion for TripletLossWithMiner {
     fn state(&self) -> Result<LossState> {
         let mut state = self.miner.state()?;
         let kept = self.last_logs.lock().unwrap_or_else(|p| p.into_inner());
-        let mut logs = kept.host.clone();
-        let values: Vec<Tensor> = kept.device.values().cloned().collect();
-        let read = crate::host::scalars(&values, "loss: saved logs")?;
-        logs.extend(kept.device.keys().cloned().zip(read));
+        let logs = super::merged_logs(&kept.host, &kept.device, "loss: saved logs")?;
         state.values = serde_json::json!({ "miner": state.values, "logs": logs });
         Ok(state)
     }
